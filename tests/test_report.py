@@ -172,7 +172,7 @@ def test_custom_metric_direction_and_multilabel_confusion(tmp_path):
         write_report(tmp_path, History([EpochLog(1)]), scores=SCORES, confusion={"left": np.zeros((2, 3))})
 
 
-def test_epoch_rows_and_history_round_trip():
+def test_epoch_rows_and_history_round_trip(tmp_path):
     log = make_history(1).epochs[0]
     rows = log.rows()
     assert rows == sorted(rows)
@@ -185,6 +185,10 @@ def test_epoch_rows_and_history_round_trip():
     history = make_history(3)
     assert History.from_dict(json.loads(json.dumps(history.to_dict()))) == history
     assert history.tasks == ["left", "zero", "age"]
+    with_nan = History([EpochLog(1, metrics={"val": {"zero": {"auroc": float("nan")}}})])
+    with_nan.save(tmp_path / "h.json")
+    assert '"auroc": null' in (tmp_path / "h.json").read_text()  # strict JSON
+    assert math.isnan(History.load(tmp_path / "h.json").epochs[0].metrics["val"]["zero"]["auroc"])
     with pytest.raises(ValueError, match="Unknown epoch field"):
         EpochLog.from_dict({"epoch": 1, "loss": {}})
     with pytest.raises(ValueError, match="No epoch 9"):

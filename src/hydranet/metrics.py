@@ -99,7 +99,12 @@ _OPTIONS: dict[str, Any] = {"compute_with_cache": False}
 
 
 def _classification(
-    name: str, binary: type[Metric], multiclass: type[Metric], multilabel: type[Metric], *, micro: bool = False,
+    name: str,
+    binary: type[Metric],
+    multiclass: type[Metric],
+    multilabel: type[Metric],
+    *,
+    micro: bool = False,
     shapes_from_data: bool = False,
 ) -> MetricSpec:
     # Multiclass accuracy is the plain fraction of correct predictions (micro); every other
@@ -305,7 +310,7 @@ class TaskMetrics(nn.Module):
             if not bool(mask.any()):
                 return
             output, target = output[mask], target[mask.to(target.device)]
-        preds, target = self._prepare(output, target)
+        preds, target = self._prepare(output, target.to(output.device))
         for metric in self.metrics.values():
             metric.update(preds, target)
         if self.confusion is not None:
@@ -411,8 +416,8 @@ class MultiTaskMetrics(nn.Module):
         Tasks missing from ``outputs`` or ``targets``, or without a labelled row, are skipped; outputs
         of tasks this object does not track are ignored.
         """
-        if masks is None and hasattr(targets, "masks") and hasattr(targets, "targets"):
-            targets, masks = targets.targets, targets.masks
+        if hasattr(targets, "masks") and hasattr(targets, "targets"):  # a Batch
+            targets, masks = targets.targets, targets.masks if masks is None else masks
         masks = masks or {}
         for name, task_metrics in self.per_task.items():
             if name in outputs and name in targets:

@@ -57,7 +57,8 @@ PAIR_SEP = ":"
 
 
 def _floats(mapping: Mapping[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in mapping.items()}
+    # JSON files store NaN as null (see _dumps): read it back as NaN.
+    return {str(k): math.nan if v is None else float(v) for k, v in mapping.items()}
 
 
 @dataclass
