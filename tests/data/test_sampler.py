@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from hydranet.data.balance import ClassBalance
 from hydranet.data.collate import collate
@@ -133,14 +133,12 @@ def test_large_pools_follow_the_same_pass_rules():
     first, second = big[:5120], big[5120:]
     assert sorted(first[:5000]) == list(range(5000)) and first[5000:] == first[:120]
     assert len(second) == 1024 and len(set(second)) == 1024
-    out = batches(TaskBatchSampler(ds, 512, length=20, drop_last=True, replacement=False, schedule={"big": 1,
-                                                                                                "small": 1}))
-    big = [i for b in out if b[0] < 5000 for i in b]  # passes of 9 steps: 4608 distinct samples each
-    assert len(big) == 10 * 512 and len(set(big[:4608])) == 4608
+    big = [i for b in TaskBatchSampler(Toy.separate({"big": 5000}), 512, length=10, drop_last=True) for i in b]
+    assert len(big) == 10 * 512 and len(set(big[:4608])) == 4608  # a pass is 9 steps of distinct samples
 
 
 @settings(max_examples=40, deadline=None)
-@given(sizes_st := st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(1, 5), st.integers(1, 3),
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(1, 5), st.integers(1, 3),
        st.booleans(), st.sampled_from(["max_size_cycle", "min_size", 13]))
 def test_a_step_never_repeats_a_sample_when_tasks_are_at_least_a_step_long(sizes, bs, replicas, quotas, length):
     ds = Toy.separate({f"t{k}": n for k, n in enumerate(sizes)})
@@ -160,67 +158,59 @@ def test_a_step_never_repeats_a_sample_when_tasks_are_at_least_a_step_long(sizes
 
 # ---------------------------------------------------------------- properties over many settings
 
-settings_kwargs = dict(max_examples=40, deadline=None)
+SETTINGS = dict(max_examples=40, deadline=None)
+sizes_st = st.lists(st.integers(1, 40), min_size=1, max_size=4)
 length_st = st.one_of(st.sampled_from(["max_size_cycle", "min_size", "all"]), st.integers(1, 30))
-schedule_st = st.one_of(
-    st.sampled_from(["round_robin", "proportional", "temperature"]), st.just("weights")
-)
+schedule_st = st.sampled_from(["round_robin", "proportional", "temperature", "weights"])
 
 
-def _sampler(sizes, batch_size, schedule, length, drop_last, replicas, rank=0, seed=0):
+def _setup(sizes, batch_size, schedule, length, drop_last, replicas):
+    """A dataset with one task per size, and the sampler settings every rank shares."""
     ds = Toy.separate({f"t{k}": n for k, n in enumerate(sizes)})
     if schedule == "weights":
         schedule = {t: k + 1 for k, t in enumerate(ds.task_names)}
-    unit = batch_size * replicas
-    if drop_last and min(sizes) < unit:
-        drop_last = False  # that combination is rejected at construction (tested below)
-    s = TaskBatchSampler(
-        ds, batch_size, schedule=schedule, length=length, drop_last=drop_last,
-        num_replicas=replicas, rank=rank, seed=seed,
-    )
-    return ds, s
+    # drop_last with a task smaller than a step is rejected at construction (tested below)
+    drop_last = drop_last and min(sizes) >= batch_size * replicas
+    return ds, dict(schedule=schedule, length=length, drop_last=drop_last, num_replicas=replicas)
 
 
-@settings(**settings_kwargs)
+@settings(**SETTINGS)
 @given(sizes_st, st.integers(1, 9), schedule_st, length_st, st.booleans(), st.integers(1, 3))
 def test_homogeneous_batches_are_valid_single_task_and_len_is_exact(sizes, bs, schedule, length, drop_last, replicas):
-    ds, s = _sampler(sizes, bs, schedule, length, drop_last, replicas)
-    per_rank = [batches(TaskBatchSampler(
-        ds, bs, schedule=s._schedule, length=length, drop_last=s.drop_last, num_replicas=replicas, rank=r
-    )) for r in range(replicas)]
-    for out in per_rank:
-        assert len(out) == len(s)
+    ds, kw = _setup(sizes, bs, schedule, length, drop_last, replicas)
+    samplers = [TaskBatchSampler(ds, bs, rank=r, **kw) for r in range(replicas)]
+    per_rank = [batches(s) for s in samplers]
+    for s, out in zip(samplers, per_rank):
+        assert len(out) == len(s) == len(samplers[0])
         for b in out:
             assert all(isinstance(i, int) and 0 <= i < len(ds) for i in b)
             assert len(task_of(ds, b)) == 1
             assert 1 <= len(b) <= bs
-    # same task at the same step on every rank, same batch sizes, disjoint samples within a step
-    for step in range(len(s)):
-        rows = [out[step] for out in per_rank]
+    # same task and same batch size at the same step on every rank
+    for rows in zip(*per_rank):
         assert len({frozenset(task_of(ds, b)) for b in rows}) == 1
         assert len({len(b) for b in rows}) == 1
-    if length == "all" and not s.drop_last:
+    if length == "all" and not kw["drop_last"]:
         seen = [i for out in per_rank for b in out for i in b]
         assert set(seen) == set(range(len(ds)))  # every sample, at most R - 1 repeats per task as padding
         assert len(seen) - len(ds) <= (replicas - 1) * len(sizes)
 
 
-@settings(**settings_kwargs)
+@settings(**SETTINGS)
 @given(sizes_st, st.integers(1, 6), schedule_st, st.sampled_from(["max_size_cycle", "min_size", 7]),
        st.booleans(), st.integers(2, 3))
 def test_ranks_are_slices_of_one_global_batch(sizes, bs, schedule, length, drop_last, replicas):
-    ds, s = _sampler(sizes, bs, schedule, length, drop_last, replicas)
-    single = batches(TaskBatchSampler(ds, bs * replicas, schedule=s._schedule, length=length,
-                                      drop_last=s.drop_last, num_replicas=1))
-    ranks = [batches(TaskBatchSampler(ds, bs, schedule=s._schedule, length=length, drop_last=s.drop_last,
-                                      num_replicas=replicas, rank=r)) for r in range(replicas)]
-    assert [sum((out[k] for out in ranks), []) for k in range(len(single))] == single
+    ds, kw = _setup(sizes, bs, schedule, length, drop_last, replicas)
+    single = batches(TaskBatchSampler(ds, bs * replicas, **{**kw, "num_replicas": 1}))
+    ranks = [batches(TaskBatchSampler(ds, bs, rank=r, **kw)) for r in range(replicas)]
+    assert [sum(step, []) for step in zip(*ranks)] == single
 
 
-@settings(**settings_kwargs)
+@settings(**SETTINGS)
 @given(sizes_st, st.integers(1, 8), schedule_st, length_st, st.booleans(), st.integers(1, 2), st.data())
 def test_resume_mid_epoch_gives_the_remaining_batches(sizes, bs, schedule, length, drop_last, replicas, data):
-    ds, s = _sampler(sizes, bs, schedule, length, drop_last, replicas, rank=replicas - 1, seed=7)
+    ds, kw = _setup(sizes, bs, schedule, length, drop_last, replicas)
+    s = TaskBatchSampler(ds, bs, rank=replicas - 1, seed=7, **kw)
     s.set_epoch(3)
     full = batches(s)
     stop = data.draw(st.integers(0, len(full)))
@@ -229,8 +219,7 @@ def test_resume_mid_epoch_gives_the_remaining_batches(sizes, bs, schedule, lengt
     head = [next(it) for _ in range(stop)]
     state = s.state_dict()
     assert state == {"seed": 7, "epoch": 3, "position": stop}
-    fresh = TaskBatchSampler(ds, bs, schedule=s._schedule, length=length, drop_last=s.drop_last,
-                             num_replicas=replicas, rank=replicas - 1, seed=0)
+    fresh = TaskBatchSampler(ds, bs, rank=replicas - 1, seed=0, **kw)
     fresh.load_state_dict(state)
     if stop < len(full):
         assert head + batches(fresh) == full
@@ -451,12 +440,16 @@ def test_dataloader_with_persistent_workers_over_two_epochs():
     s.set_epoch(0)
     loader = DataLoader(AB, batch_sampler=s, num_workers=2, persistent_workers=True, collate_fn=collate)
     assert len(loader) == len(s)
-    got = []
+    got, tasks = [], set()
     for epoch in range(2):
         s.set_epoch(epoch)
-        got.append([batch.inputs[:, 0].long().tolist() for batch in loader])
-    assert got == expected
-    assert all(len(b.tasks) == 1 for b in [collate([AB[i] for i in expected[0][0]])])
+        epoch_batches = []
+        for batch in loader:
+            epoch_batches.append(batch.inputs[:, 0].long().tolist())  # Toy's input is its index
+            tasks.add(tuple(batch.tasks))
+        got.append(epoch_batches)
+    assert got == expected and expected[0] != expected[1]
+    assert tasks == {("a",), ("b",)}
 
 
 def test_replicas_default_to_torch_distributed(monkeypatch):
@@ -528,3 +521,59 @@ def test_invalid_settings_fail_at_construction_with_a_fix(ds, kwargs, match):
 def test_balancing_only_the_classification_task_works():
     s = TaskBatchSampler(REGRESSION, 2, balance={"kind": "inverse"}, length=10)
     assert len(batches(s)) == 10
+
+
+# ---------------------------------------------------------------- with the real MultiTaskDataset
+
+
+def _multitask():
+    return pytest.importorskip("hydranet.data.dataset").MultiTaskDataset
+
+
+def test_real_dataset_one_task_per_batch_through_a_dataloader():
+    MultiTaskDataset = _multitask()
+    digits = TensorDataset(torch.arange(10.0).unsqueeze(1), torch.arange(10) % 3)
+    fashion = TensorDataset(torch.arange(100.0, 125.0).unsqueeze(1), torch.arange(25) % 2)
+    ds = MultiTaskDataset({"digits": digits, "fashion": fashion})
+    s = TaskBatchSampler(ds, 4, length="all", seed=3)
+    assert len(s) == 3 + 7
+    seen, tasks = [], []
+    for batch in DataLoader(ds, batch_sampler=s, collate_fn=collate):
+        tasks.append(batch.tasks)
+        seen += batch.inputs[:, 0].long().tolist()
+    assert tasks == [["digits"], ["fashion"]] * 3 + [["fashion"]] * 4
+    assert sorted(seen) == list(range(10)) + list(range(100, 125))
+
+
+def test_real_dataset_labels_drive_class_balancing():
+    MultiTaskDataset = _multitask()
+    pos_neg = TensorDataset(torch.zeros(55, 1), torch.tensor([1] * 50 + [0] * 5))
+    other = TensorDataset(torch.ones(20, 1), torch.arange(20) % 4)
+    ds = MultiTaskDataset({"pos_neg": pos_neg, "other": other},
+                          tasks=[Task("pos_neg", "binary"), Task("other", "multiclass", num_classes=4)])
+    s = TaskBatchSampler(ds, 8, balance={"pos_neg": "inverse"}, length=600)
+    pool, labels = ds.task_indices("pos_neg"), ds.labels("pos_neg")
+    drawn = np.array([i for b in s for i in b if np.isin(b, pool).all()])
+    share = np.mean(labels[np.searchsorted(pool, drawn)] == 0)
+    assert len(drawn) == 300 * 8 and abs(share - 0.5) <= 4 * math.sqrt(0.25 / len(drawn))
+
+
+def test_real_shared_dataset_defaults_to_the_joint_pool():
+    MultiTaskDataset = _multitask()
+    n = 30
+    age = torch.linspace(20, 60, n)
+    age[::5] = float("nan")  # missing ages
+    gender = torch.arange(n) % 2
+    gender[1::3] = -1  # missing genders
+    ds = MultiTaskDataset.shared(TensorDataset(torch.arange(float(n)).unsqueeze(1), age, gender),
+                                 tasks=[Task("age", "regression"), Task("gender", "binary")])
+    labelled = sorted(set(ds.task_indices("age").tolist()) | set(ds.task_indices("gender").tolist()))
+    assert len(labelled) == 28  # samples 10 and 25 have neither label
+    s = TaskBatchSampler(ds, 8)
+    assert s.mode == "joint" and len(s) == math.ceil(len(labelled) / 8)
+    assert sorted(i for b in s for i in b) == labelled
+    per_task = TaskBatchSampler(ds, 4, schedule="round_robin", balance={"gender": "inverse"}, length=10)
+    for batch in DataLoader(ds, batch_sampler=per_task, collate_fn=collate):
+        assert len(batch.tasks) >= 1
+    with pytest.raises(ValueError, match="regression task"):
+        TaskBatchSampler(ds, 4, schedule="round_robin", balance="inverse")

@@ -308,10 +308,9 @@ class WeightedDraw:
         """Uniform draws with replacement from ``values``."""
         return cls(np.zeros(len(values), dtype=np.uint8), [1.0], values)
 
-    def draw(self, rng: np.random.Generator, size: int, out: np.ndarray | None = None) -> np.ndarray:
-        """``size`` independent draws (values of the drawn samples), written into ``out`` if given."""
-        if out is None:
-            out = np.empty(size, dtype=self.values.dtype)
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` independent draws: the values of the drawn samples."""
+        out = np.empty(size, dtype=self.values.dtype)
         for lo in range(0, size, _CHUNK):
             m = min(_CHUNK, size - lo)
             if len(self.sizes) == 1:

@@ -392,13 +392,15 @@ def _passes(pool: np.ndarray, per_pass: int, total: int, rng: np.random.Generato
         # Many passes over a small pool: shuffle every row of a [passes, n] array in one call.
         perms = rng.permuted(np.broadcast_to(pool, (-(-total // per_pass), n)), axis=1)
         return perms[:, np.arange(per_pass) % n].reshape(-1)[:total]
-    # A large pool: one 1-d shuffle per pass (several times faster than row-wise), and a pass of which
-    # fewer than n values are used draws just those (an ordered sample without replacement).
+    # A large pool: one 1-d shuffle per pass (several times faster than row-wise). A pass of which only
+    # a small part is used draws just that part (an ordered sample without replacement, O(m)).
     out = np.empty(total, dtype=pool.dtype)
     for lo in range(0, total, per_pass):
         m = min(per_pass, total - lo)
-        if m < n:
+        if m <= n // 50:
             out[lo : lo + m] = rng.choice(pool, size=m, replace=False)
+        elif m < n:
+            out[lo : lo + m] = rng.permuted(pool)[:m]
         else:
             rng.permuted(pool, out=out[lo : lo + n])
             out[lo + n : lo + m] = np.resize(out[lo : lo + n], m - n)  # padding: the pass's first values
