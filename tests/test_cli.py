@@ -1,0 +1,50 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from hydranet.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTICLE = str(ROOT / "examples" / "configs" / "article000.yaml")
+
+
+def test_inspect_alternates_tasks_and_balances_the_rare_class(capsys):
+    assert main(["inspect", ARTICLE, "--batches", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "65 samples, 2 task(s)" in out
+    batch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+: \[", line)]
+    assert len(batch_lines) == 6
+    tasks = [re.search(r"\[8 (\w+)\]", line).group(1) for line in batch_lines]
+    assert tasks == ["ones", "fives"] * 3
+    sampled = re.search(r"fives \[binary\].*?sampled: minus_five: (\d+) .*?five: (\d+)", out, re.S)
+    rare, common = map(int, sampled.groups())
+    assert 0.6 < rare / common < 1.6  # close to 1:1 instead of 1:10
+
+
+def test_inspect_without_balancing_keeps_the_imbalance(capsys):
+    assert main(["inspect", ARTICLE, "--set", "sampler.balance=null"]) == 0
+    out = capsys.readouterr().out
+    rare, common = map(int, re.search(r"fives \[binary\].*?sampled: minus_five: (\d+) .*?five: (\d+)", out, re.S).groups())
+    assert rare / common < 0.2
+
+
+def test_config_errors_exit_with_2_and_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(ARTICLE).read_text().replace("schedule: round_robin", "shedule: round_robin"))
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "sampler.shedule" in err and "schedule" in err
+
+
+def test_missing_file_and_no_command(capsys):
+    assert main(["inspect", "does-not-exist.yaml"]) == 2
+    assert main([]) == 2
+
+
+def test_help_everywhere(capsys):
+    for command in ([], ["demo"], ["train"], ["inspect"], ["evaluate"], ["predict"], ["bench"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--help"])
+        assert stop.value.code == 0
+    assert "usage: hydranet" in capsys.readouterr().out
