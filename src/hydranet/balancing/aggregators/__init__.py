@@ -1,0 +1,119 @@
+r"""Gradient aggregators: map the task Jacobian :math:`G \in \mathbb{R}^{T\times P}` to one update :math:`d \in \mathbb{R}^P`.
+
+Row :math:`i` of :math:`G` is task :math:`i`'s gradient with respect to the shared parameters (or the
+shared features). ``AGGREGATORS[name](**settings)`` builds one; ``agg(G)`` returns the update in
+:math:`G`'s dtype and on its device; weightings of the rows also give ``agg.weights(G)`` with
+``agg.weights(G) @ G == agg(G)``.
+
+===============  ======================================  =================================================
+name             class                                    scale of the update
+===============  ======================================  =================================================
+``mean``         :class:`Mean`                            mean of the gradients
+``sum``          :class:`Sum`                             sum of the gradients
+``pcgrad``       :class:`PCGrad`                          sum of the projected gradients
+``gradvac``      :class:`GradVac`                         sum of the edited gradients
+``graddrop``     :class:`GradDrop`                        sum of the kept gradient entries
+``mgda``         :class:`MGDA`                            convex combination (min-norm point of the hull)
+``cagrad``       :class:`CAGrad`                          mean-gradient scale, / (1 + c^2) by default
+``imtl_g``       :class:`IMTLG`                           affine combination (weights sum to 1)
+``nash_mtl``     :class:`NashMTL`                         norm sqrt(T), clipped to ``max_norm`` = 1
+``aligned_mtl``  :class:`AlignedMTL`                      sum of the aligned gradients
+``upgrad``       :class:`UPGrad`                          mean of the projections onto the dual cone
+``dualproj``     :class:`DualProj`                        projection of the mean onto the dual cone
+``config``       :class:`ConFIG`                          sum of the projections on the common direction
+``fairgrad``     :class:`FairGrad`                        unnormalised (g_i . d = w_i^(-1/alpha))
+``moco``         :class:`MoCo`                            convex combination of tracked gradients
+``excess_mtl``   :class:`ExcessMTL`                       weights sum to T
+===============  ======================================  =================================================
+
+Every constructor works without arguments and takes ``normalize=False`` (unit-norm rows first). Each
+class's docstring gives the formula, the guarantee, the state and the cost; ``docs/aggregators.md``
+compares them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from hydranet.balancing.aggregators.bargaining import FairGrad, NashMTL
+from hydranet.balancing.aggregators.base import Aggregator, Randomized, WeightedAggregator, check_matrix, gram
+from hydranet.balancing.aggregators.basic import Mean, Sum
+from hydranet.balancing.aggregators.equalizing import IMTLG, AlignedMTL, ConFIG
+from hydranet.balancing.aggregators.pareto import MGDA, CAGrad, DualProj, UPGrad
+from hydranet.balancing.aggregators.surgery import GradDrop, GradVac, PCGrad
+from hydranet.balancing.aggregators.tracking import ExcessMTL, MoCo
+
+#: Gradient aggregators by name; ``AGGREGATORS[name](**settings)(G) -> update``.
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "mean": Mean,
+    "sum": Sum,
+    "pcgrad": PCGrad,
+    "gradvac": GradVac,
+    "graddrop": GradDrop,
+    "mgda": MGDA,
+    "cagrad": CAGrad,
+    "imtl_g": IMTLG,
+    "nash_mtl": NashMTL,
+    "aligned_mtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "config": ConFIG,
+    "fairgrad": FairGrad,
+    "moco": MoCo,
+    "excess_mtl": ExcessMTL,
+}
+
+
+def get_aggregator(name: str, **settings: Any) -> Aggregator:
+    """Build the aggregator registered as ``name`` (case, spaces and ``-`` are forgiven) with ``settings``.
+
+    Raises:
+        ValueError: for an unknown name (listing the valid ones, with the closest match) or setting.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"The aggregator name must be a string such as 'upgrad', got {type(name).__name__}.")
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key not in AGGREGATORS:
+        close = difflib.get_close_matches(key, list(AGGREGATORS), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown aggregator {name!r}.{hint} Valid names: {', '.join(sorted(AGGREGATORS))}.")
+    cls = AGGREGATORS[key]
+    allowed = list(inspect.signature(cls).parameters)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Aggregator {key!r} has no setting {', '.join(map(repr, unknown))}.{hint} "
+            f"Its settings: {', '.join(allowed)}."
+        )
+    return cls(**settings)
+
+
+__all__ = [
+    "AGGREGATORS",
+    "IMTLG",
+    "MGDA",
+    "Aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "ExcessMTL",
+    "FairGrad",
+    "GradDrop",
+    "GradVac",
+    "Mean",
+    "MoCo",
+    "NashMTL",
+    "PCGrad",
+    "Randomized",
+    "Sum",
+    "UPGrad",
+    "WeightedAggregator",
+    "check_matrix",
+    "get_aggregator",
+    "gram",
+]

@@ -1,0 +1,249 @@
+r"""The aggregator interface: a task Jacobian :math:`G \in \mathbb{R}^{T\times P}` in, one update :math:`d \in \mathbb{R}^P` out.
+
+Row :math:`i` of :math:`G` is the gradient :math:`g_i` of task :math:`i`'s loss with respect to the shared
+parameters (or the shared features). Every aggregator
+
+* checks :math:`G` (2-D, at least one row and one column, floating point, finite);
+* optionally divides each row by its norm first (``normalize=True``; zero rows stay zero);
+* works on the :math:`T\times T` Gram matrix :math:`K = GG^\top` wherever the method allows: it is
+  computed in float64 with one matrix product per column block, the small solves run on the CPU in
+  numpy, and only the :math:`T` weights travel back to :math:`G`'s device;
+* returns :math:`d` in :math:`G`'s dtype and on its device.
+
+Aggregators that are a *weighting of the rows* (:class:`WeightedAggregator`: :math:`d = w^\top G`)
+also expose ``weights(G)``. The arithmetic runs under ``torch.no_grad()``: an update is not
+differentiable with respect to :math:`G`.
+
+Stateful methods (EMA targets, tracked gradients, warm starts) keep their state between calls:
+``reset()`` forgets it, ``state_dict()`` / ``load_state_dict()`` save and restore it. Each call of
+``agg(G)`` or ``agg.weights(G)`` is one step of such a method. Randomised methods draw from a
+``torch.Generator`` seeded by ``seed`` (or the one given), so a run is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# Column block of the Gram product: 2**23 float64 entries (64 MB) across all rows at a time.
+_GRAM_BLOCK = 1 << 23
+
+
+def gram(matrix: Tensor) -> np.ndarray:
+    """:math:`GG^\\top` as a float64 numpy array, computed on ``matrix``'s device in column blocks."""
+    rows, cols = matrix.shape
+    step = max(1, _GRAM_BLOCK // rows)
+    out = torch.zeros(rows, rows, dtype=torch.float64, device=matrix.device)
+    for start in range(0, cols, step):
+        block = matrix[:, start : start + step].to(torch.float64)
+        out.addmm_(block, block.T)
+    result = out.cpu().numpy()
+    return (result + result.T) / 2
+
+
+def precision(dtype: torch.dtype) -> float:
+    """Machine epsilon of ``dtype``: rank decisions on a Gram matrix follow the precision of the gradients."""
+    return torch.finfo(dtype).eps
+
+
+class Aggregator(ABC):
+    """Maps a task Jacobian ``G [T, P]`` to one update vector ``[P]``: ``agg(G)``.
+
+    Args:
+        normalize: divide each task's gradient by its norm before aggregating (zero rows stay zero),
+            so that every task enters with the same magnitude.
+    """
+
+    def __init__(self, *, normalize: bool = False) -> None:
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}.")
+        self.normalize = normalize
+
+    # -- public API -------------------------------------------------------------------------------
+    def __call__(self, matrix: Tensor) -> Tensor:
+        """The update ``[P]`` for the task Jacobian ``matrix [T, P]``, in its dtype and on its device."""
+        with torch.no_grad():
+            rows, _ = self._prepare(matrix)
+            return self._aggregate(rows).to(matrix.dtype)
+
+    def reset(self) -> None:
+        """Forget the state gathered by earlier calls (no-op for stateless methods)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state to checkpoint (``{}`` for stateless methods)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, but the state to load has keys {sorted(state)}.")
+
+    def __repr__(self) -> str:
+        parts = []
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            value = getattr(self, name)
+            shown = f"<torch.Generator on {value.device}>" if isinstance(value, torch.Generator) else repr(value)
+            parts.append(f"{name}={shown}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    @abstractmethod
+    def _aggregate(self, matrix: Tensor) -> Tensor:
+        """The update for the validated (and, with ``normalize``, row-normalised) ``matrix``."""
+
+    def _prepare(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
+        """``(rows to aggregate, row scale)``: with ``normalize`` the rows are ``G_i / |G_i|`` and the
+        scale ``1 / |G_i|`` (0 for zero rows), otherwise ``G`` and ones."""
+        check_matrix(matrix, type(self).__name__)
+        matrix = matrix.detach()
+        if matrix.dtype in (torch.float16, torch.bfloat16):
+            matrix = matrix.float()
+        if not self.normalize:
+            return matrix, torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        norms = torch.linalg.vector_norm(matrix, dim=1)
+        scale = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+        return matrix * scale.unsqueeze(1), scale
+
+    def _check_rows(self, rows: int, expected: int | None) -> None:
+        """Stateful methods track one fixed list of tasks: the row count must not change."""
+        if expected is not None and rows != expected:
+            raise ValueError(
+                f"{type(self).__name__} keeps per-task state for {expected} tasks but got a Jacobian with {rows} "
+                "rows. Its state follows the tasks row by row, so every call needs the same tasks in the same "
+                "order: use mixed batches that label every task (or a stateless aggregator), or call reset() "
+                "to start over with the new tasks."
+            )
+
+
+class WeightedAggregator(Aggregator):
+    """An aggregator whose update is a weighting of the rows: :math:`d = w^\\top G`.
+
+    ``weights(G)`` returns the :math:`T` weights with respect to the rows of ``G`` as given (with
+    ``normalize=True`` they already include the :math:`1/\\lVert g_i\\rVert` factors), so that
+    ``agg.weights(G) @ G`` equals ``agg(G)``; useful for diagnostics and for applying the update
+    through the features (representation path).
+    """
+
+    #: Whether ``_weights`` reads the Gram matrix (the baselines do not).
+    uses_gram: ClassVar[bool] = True
+
+    def weights(self, matrix: Tensor) -> Tensor:
+        """The weights ``[T]`` such that ``weights @ G`` is the update, in ``G``'s dtype and on its device."""
+        with torch.no_grad():
+            rows, scale = self._prepare(matrix)
+            w = self._weights(rows, gram(rows) if self.uses_gram else None)
+            return (torch.as_tensor(w, device=matrix.device) * scale.to(torch.float64)).to(matrix.dtype)
+
+    def _aggregate(self, matrix: Tensor) -> Tensor:
+        w = self._weights(matrix, gram(matrix) if self.uses_gram else None)
+        return torch.as_tensor(w, dtype=matrix.dtype, device=matrix.device) @ matrix
+
+    @abstractmethod
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+        """Float64 weights of the rows of ``matrix`` whose Gram matrix is ``gramian``."""
+
+
+class Randomized:
+    """Mixin for randomised methods: a ``torch.Generator`` seeded by ``seed``, or the one given.
+
+    The seeded generator is created on first use (on the device the draws happen on). ``reset()``
+    re-seeds it, or rewinds a given generator to its state at construction; the generator's state is
+    part of ``state_dict()`` so that a resumed run draws the same numbers. ``seed=None`` seeds from the
+    operating system (not reproducible).
+    """
+
+    seed: int | None
+    generator: torch.Generator | None
+
+    def _init_random(self, seed: int | None, generator: torch.Generator | None) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        self.seed = None if seed is None else int(seed)
+        self.generator = generator
+        self._initial_state = None if generator is None else generator.get_state()
+        self._rng: torch.Generator | None = generator
+
+    def _random(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Uniform [0, 1) numbers of ``shape`` on ``device``, drawn from this method's generator."""
+        if self._rng is None:
+            self._rng = torch.Generator(device=device)
+            if self.seed is None:
+                self._rng.seed()
+            else:
+                self._rng.manual_seed(self.seed)
+        return torch.rand(shape, generator=self._rng, device=self._rng.device, dtype=dtype).to(device)
+
+    def _reset_random(self) -> None:
+        if self.generator is None:
+            self._rng = None
+        else:
+            self.generator.set_state(self._initial_state)
+
+    def _random_state(self) -> dict[str, Any]:
+        if self._rng is None:
+            return {"rng_state": None, "rng_device": None}
+        return {"rng_state": self._rng.get_state(), "rng_device": str(self._rng.device)}
+
+    def _load_random_state(self, state: Mapping[str, Any]) -> None:
+        if state["rng_state"] is None:
+            self._reset_random()
+            return
+        if self._rng is None:
+            self._rng = torch.Generator(device=state["rng_device"])
+        self._rng.set_state(state["rng_state"])
+
+
+def saved(array: np.ndarray | None) -> Tensor | None:
+    """A numpy state array as a CPU float64 tensor, so that checkpoints load with ``torch.load(weights_only=True)``."""
+    return None if array is None else torch.tensor(array, dtype=torch.float64)
+
+
+def restored(value: Any) -> np.ndarray | None:
+    """The float64 numpy array of a state entry written by :func:`saved` (or given as an array/list)."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", torch.float64).numpy().copy()
+    return np.array(value, dtype=np.float64)
+
+
+def check_matrix(matrix: Any, name: str = "Aggregator") -> None:
+    """Raise a ``TypeError`` / ``ValueError`` saying what is wrong with a task Jacobian and how to fix it."""
+    if not isinstance(matrix, Tensor):
+        raise TypeError(
+            f"{name} expects the task Jacobian as a torch.Tensor of shape [tasks, params], got "
+            f"{type(matrix).__name__}. Stack the flattened per-task gradients: torch.stack([g.flatten() for g in grads])."
+        )
+    if matrix.dim() != 2:
+        raise ValueError(
+            f"{name} expects a 2-D task Jacobian [tasks, params], got shape {list(matrix.shape)}. Stack the "
+            "flattened per-task gradients as rows: torch.stack([torch.cat([p.flatten() for p in g]) for g in grads])."
+        )
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ValueError(
+            f"{name} got an empty task Jacobian of shape {list(matrix.shape)}: it needs at least one task (row) "
+            "and one parameter (column)."
+        )
+    if not matrix.dtype.is_floating_point:
+        raise TypeError(f"{name} expects a floating-point task Jacobian, got dtype {matrix.dtype}; convert it with .float().")
+    # A row sum is non-finite when the row holds NaN/inf (or overflows): one cheap reduction decides.
+    if bool(torch.isfinite(matrix.sum(dim=1)).all()):
+        return
+    finite = torch.isfinite(matrix).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} got non-finite values (NaN or inf) in the gradients of task rows {bad} of {matrix.shape[0]}. "
+            "Check those losses for NaN/inf (log of 0, division by 0, a too-high learning rate) and consider "
+            "gradient clipping (torch.nn.utils.clip_grad_norm_) or a lower learning rate."
+        )

@@ -1,0 +1,153 @@
+r"""Conflict-averse directions from multi-objective optimisation: MGDA, CAGrad, UPGrad, DualProj.
+
+MGDA, UPGrad and DualProj return a direction :math:`d` with :math:`g_i \cdot d \ge 0` for every task
+(no task's loss increases to first order); CAGrad maximises the worst task's improvement in a ball
+around the average gradient. All four are weightings of the rows, computed from the Gram matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from torch import Tensor
+
+from hydranet.balancing.aggregators.base import WeightedAggregator
+from hydranet.balancing.aggregators.solvers import dual_cone_weights, min_norm_simplex
+
+
+class MGDA(WeightedAggregator):
+    r"""Multiple-gradient descent (Désidéri 2012; Sener & Koltun, NeurIPS 2018).
+
+    The min-norm point of the convex hull of the task gradients:
+
+    .. math::  d = G^\top w^\star,\qquad w^\star = \arg\min_{w \in \Delta} \lVert G^\top w\rVert^2
+               = \arg\min_{w\ge 0,\ \mathbf 1^\top w = 1} w^\top K w
+
+    solved exactly (an NNLS reformulation, see :func:`~hydranet.balancing.aggregators.solvers.min_norm_simplex`).
+    Guarantees :math:`g_i\cdot d \ge \lVert d\rVert^2 \ge 0` for all :math:`i`; :math:`d = 0` exactly when the
+    point is Pareto-stationary (0 in the hull). Scale: a **convex combination** (weights sum to 1), so
+    :math:`d(cG) = c\,d(G)`; with one task :math:`d = g_1`. The update is dominated by the smallest
+    gradients (``normalize=True`` is the paper's "l2" normalisation). Stateless. Cost:
+    :math:`O(T^2P + T^3)`.
+    """
+
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+        return min_norm_simplex(gramian)
+
+
+class UPGrad(WeightedAggregator):
+    r"""Unconflicting projection of gradients (Quinton & Rey, "Jacobian Descent for Multi-Objective
+    Optimization", 2024).
+
+    Each task gradient is projected onto the dual cone of the rows,
+    :math:`\pi(x) = \arg\min_{y:\ Gy \ge 0} \lVert y - x\rVert`, and the projections are averaged:
+
+    .. math::  d = \frac1T \sum_i \pi(g_i),\qquad \pi(G^\top e_i) = G^\top v_i,\quad
+               v_i = \arg\min_{v \ge e_i} v^\top K v
+
+    (each :math:`v_i` is an exact NNLS solve). Guarantees :math:`Gd \ge 0` (non-conflicting); it is the
+    mean when no pair of gradients conflicts (then every :math:`\pi(g_i) = g_i`). Scale: the **mean** of the
+    projections (TorchJD's convention with the uniform preference vector), :math:`d(cG) = c\,d(G)`.
+    Stateless. Cost: :math:`O(T^2P)` plus :math:`T` NNLS problems of size :math:`T`.
+    """
+
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+        size = gramian.shape[0]
+        return dual_cone_weights(gramian, np.eye(size)).mean(axis=0)
+
+
+class DualProj(WeightedAggregator):
+    r"""Projection of the mean gradient onto the dual cone (Quinton & Rey 2024).
+
+    .. math::  d = \pi\Big(\frac1T\sum_i g_i\Big) = G^\top v,\qquad v = \arg\min_{v \ge \mathbf 1/T} v^\top K v.
+
+    Guarantees :math:`Gd \ge 0`; equals the mean when the mean conflicts with no task. Scale: the
+    projection of the **mean** gradient, :math:`d(cG) = c\,d(G)`. Stateless. Cost: :math:`O(T^2P)` plus one
+    NNLS problem of size :math:`T`.
+    """
+
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+        size = gramian.shape[0]
+        return dual_cone_weights(gramian, np.full((1, size), 1.0 / size))[0]
+
+
+class CAGrad(WeightedAggregator):
+    r"""Conflict-averse gradient descent (Liu, Liu, Jin, Stone & Liu, NeurIPS 2021).
+
+    The direction that maximises the worst task's improvement within a ball around the mean gradient
+    :math:`g_0 = \frac1T\sum_i g_i`: :math:`\max_d \min_i g_i\cdot d` subject to
+    :math:`\lVert d - g_0\rVert \le c\lVert g_0\rVert`. Its dual gives
+
+    .. math::  w = \arg\min_{w\in\Delta}\ g_w\cdot g_0 + \sqrt\phi\,\lVert g_w\rVert,\quad
+               g_w = G^\top w,\ \phi = c^2\lVert g_0\rVert^2,\qquad
+               d = \frac{1}{s}\Big(g_0 + \frac{\sqrt\phi}{\lVert g_w\rVert}\, g_w\Big)
+
+    The simplex problem (convex, :math:`T` variables) is solved with SLSQP on the Gram matrix to
+    :math:`10^{-14}` in the objective. ``c = 0`` gives the mean. If :math:`g_w = 0` at the optimum
+    (0 is in the convex hull), the ball term vanishes and :math:`d = g_0/s`.
+
+    Scale: the paper's :math:`d` has the scale of the **mean** gradient; the authors' code (and LibMTL)
+    divide it by :math:`s = 1 + c^2` (``rescale=1``, the default here), :math:`s = 1 + c` (``rescale=2``) or
+    :math:`s = 1` (``rescale=0``, the paper's formula). :math:`d(cG) = c\,d(G)`. Stateless. Cost:
+    :math:`O(T^2P)` plus a small SLSQP problem.
+
+    Args:
+        c: radius of the ball relative to :math:`\lVert g_0\rVert` (>= 0; the paper uses 0.4-0.5).
+        rescale: 0, 1 or 2, see above.
+        normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
+    """
+
+    def __init__(self, *, c: float = 0.5, rescale: int = 1, normalize: bool = False) -> None:
+        super().__init__(normalize=normalize)
+        if not c >= 0:
+            raise ValueError(
+                f"CAGrad needs c >= 0 (the radius of the ball around the mean gradient), got c={c!r}; "
+                "the paper uses 0.4 or 0.5."
+            )
+        if rescale not in (0, 1, 2):
+            raise ValueError(
+                f"CAGrad rescale must be 0 (no rescaling), 1 (divide by 1 + c^2) or 2 (divide by 1 + c), got {rescale!r}."
+            )
+        self.c = float(c)
+        self.rescale = int(rescale)
+
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+        size = gramian.shape[0]
+        divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
+        weights = np.full(size, 1.0 / size)
+        scale = float(np.max(np.diag(gramian)))
+        if scale <= 0.0:
+            return weights / divisor
+        unit = gramian / scale  # the weights are invariant to a rescaling of K
+        along_mean = unit.mean(axis=1)  # g_i . g_0
+        radius = self.c * np.sqrt(max(float(unit.mean()), 0.0))  # sqrt(phi) = c |g_0|
+        if radius > 0.0:
+            w = _cagrad_simplex(unit, along_mean, radius)
+            norm = np.sqrt(max(float(w @ unit @ w), 0.0))
+            if norm > 1e-12:
+                weights = weights + (radius / norm) * w
+        return weights / divisor
+
+
+def _cagrad_simplex(gramian: np.ndarray, linear: np.ndarray, radius: float) -> np.ndarray:
+    r""":math:`\arg\min_{w\in\Delta} \ell^\top w + r\sqrt{w^\top K w}` by SLSQP with exact gradients."""
+    size = gramian.shape[0]
+
+    def objective(w: np.ndarray) -> float:
+        return float(linear @ w + radius * np.sqrt(max(float(w @ gramian @ w), 0.0)))
+
+    def gradient(w: np.ndarray) -> np.ndarray:
+        norm = np.sqrt(max(float(w @ gramian @ w), 0.0))
+        return linear + (radius / norm) * (gramian @ w) if norm > 1e-15 else linear
+
+    result = minimize(
+        objective,
+        np.full(size, 1.0 / size),
+        jac=gradient,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * size,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    w = np.clip(result.x, 0.0, None)
+    return w / w.sum()
