@@ -53,7 +53,7 @@ BALANCE_METHODS: tuple[str, ...] = ("inverse", "sqrt", "effective", "repeat_fact
 
 _ONLY_CLASSES = "Balance classification tasks only: name them in a mapping, e.g. balance={'label': 'inverse'}."
 
-# Draws are generated in chunks of this many samples, so temporaries stay a few MiB at any epoch size.
+# Draws are made in chunks of this many samples, so temporaries stay a few MiB at any epoch size.
 _CHUNK = 1 << 18
 # Up to this many strata a stratum is found by comparisons (one pass each), beyond by binary search.
 _LINEAR_STRATA = 16
