@@ -1,7 +1,7 @@
 """hydranet: multi-task learning for PyTorch."""
 
-from hydranet import data
+from hydranet import balancing, data, metrics
 from hydranet.tasks import Task
 
-__all__ = ["Task", "data"]
+__all__ = ["Task", "balancing", "data", "metrics"]
 __version__ = "0.1.0"
