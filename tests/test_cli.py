@@ -48,3 +48,11 @@ def test_help_everywhere(capsys):
             main([*command, "--help"])
         assert stop.value.code == 0
     assert "usage: hydranet" in capsys.readouterr().out
+
+
+def test_bench_quick_prints_ratios(capsys):
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"sampler: .* -> [\d.]+x faster", out)
+    assert re.search(r"loader: .* -> [\d.]+x", out)
+    assert out.count("the plain summed-loss backward") == 6
