@@ -176,7 +176,6 @@ def test_load_builds_one_split_and_checks_its_options(stand_in):
 
 
 def test_with_the_real_multitask_dataset():
-    pytest.importorskip("hydranet.data.dataset")
     train, test, tasks = multi_mnist(n_train=50, n_test=10, seed=0)
     arrays = multi_mnist_arrays(50, split="train", seed=0)
     assert len(train) == 50 and len(test) == 10
