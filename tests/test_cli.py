@@ -56,3 +56,11 @@ def test_bench_quick_prints_ratios(capsys):
     assert re.search(r"sampler: .* -> [\d.]+x faster", out)
     assert re.search(r"loader: .* -> [\d.]+x", out)
     assert out.count("the plain summed-loss backward") == 6
+
+
+def test_demo_balances_the_rare_task(capsys):
+    assert main(["demo", "--train-size", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"left_is_zero in the data: 1\d\.\d% positives", out)
+    sampled = float(re.search(r"over one epoch of \d+ batches: ([\d.]+)% positives", out).group(1))
+    assert 40 < sampled < 60
