@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def test_bench_quick_prints_ratios(capsys):
     assert out.count("the plain summed-loss backward") == 6
 
 
-def test_demo_balances_the_rare_task(capsys):
-    assert main(["demo", "--train-size", "2000"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"left_is_zero in the data: 1\d\.\d% positives", out)
-    sampled = float(re.search(r"over one epoch of \d+ batches: ([\d.]+)% positives", out).group(1))
-    assert 40 < sampled < 60
+@pytest.mark.slow
+def test_demo_end_to_end_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--epochs", "1", "--train-size", "3000", "--batches", "100", "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tasks"]["left"]["accuracy"] > 0.3 and metrics["tasks"]["right"]["accuracy"] > 0.25  # chance: 0.1
+    assert metrics["delta_m"] is not None
+    for name in ("summary.md", "loss.png", "metrics.png", "confusion_left.png"):
+        assert (out / name).is_file()
+    assert "Δm" in capsys.readouterr().out

