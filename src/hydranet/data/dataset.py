@@ -3,48 +3,118 @@
 ``ds[i] -> (input, {task: target})`` holds only the tasks sample ``i`` is labelled for, so that
 :func:`~hydranet.data.collate` masks the others. Global indices run over the parts in order: with
 ``MultiTaskDataset({"a": ds_a, "b": ds_b})``, indices ``[0, len(ds_a))`` are task ``a``'s and
-``[len(ds_a), len(ds_a) + len(ds_b))`` task ``b``'s.
+``[len(ds_a), len(ds_a) + len(ds_b))`` task ``b``'s. With :meth:`MultiTaskDataset.shared`, index ``i``
+is item ``i`` of the one dataset, and a task's samples are those whose label for it is not missing
+(conventions in :mod:`hydranet.data.labels`): the tasks' index pools may overlap.
 
 Per-task label arrays (:meth:`MultiTaskDataset.labels`) are read without loading inputs (see
-:mod:`hydranet.data.labels`) the first time something needs them, such as a class-balanced sampler.
+:mod:`hydranet.data.labels`). Labels the dataset knows from metadata (``labels=``, a ``targets``
+attribute, a TensorDataset) are read and checked at construction; labels that only loading every item
+would give are read the first time something needs them (a class-balanced sampler, ``task_indices`` of
+a shared dataset), with a :class:`~hydranet.data.labels.LabelScanWarning`. Both are cached.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch import Tensor
+from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
 
 from hydranet.data.collate import Batch
-from hydranet.data.labels import _missing_value, as_label_array, label_columns, missing_mask
+from hydranet.data.labels import (
+    as_label_array,
+    check_labels,
+    is_missing,
+    item_labels,
+    missing_mask,
+    read_label_columns,
+    read_labels,
+    stack_labels,
+    tensor_label_columns,
+)
 from hydranet.tasks import Task, as_task_dict
 
 __all__ = ["MultiTaskDataset"]
 
+Sample = tuple[Any, dict[str, Any]]
 
-def _check_dataset(name: str, dataset: Any) -> None:
-    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+
+@dataclass
+class _TensorPart:
+    """A part backed by a TensorDataset, for batches made by fancy indexing."""
+
+    inputs: Tensor
+    labels: list[Tensor]  # one per task of the part (views of the TensorDataset's tensors)
+    labelled: list[Tensor | None]  # bool [n] per task, True where not missing; None: all labelled
+    rows: Tensor | None  # the TensorDataset rows a Subset selects (None: all, in order)
+
+
+def _check_dataset(dataset: Any, what: str) -> Any:
+    if isinstance(dataset, (Tensor, np.ndarray)):
         raise TypeError(
-            f"The dataset of task {name!r} is a {type(dataset).__name__}, which has no __getitem__/__len__; "
-            "pass a torch.utils.data.Dataset (e.g. TensorDataset(x, y))."
+            f"{what} is a {type(dataset).__name__}, not a dataset: wrap inputs and labels in "
+            "torch.utils.data.TensorDataset(inputs, labels)."
         )
+    if isinstance(dataset, Mapping):
+        raise TypeError(
+            f"{what} is a {type(dataset).__name__}, not a dataset. MultiTaskDataset({{task: dataset}}) takes one "
+            "torch.utils.data.Dataset per task."
+        )
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(
+            f"{what} is an IterableDataset, which cannot be indexed: MultiTaskDataset needs map-style datasets "
+            "(with __getitem__ and __len__)."
+        )
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")) or isinstance(dataset, (str, bytes)):
+        raise TypeError(
+            f"{what} is a {type(dataset).__name__}, which is not a map-style dataset (no __getitem__ and __len__); "
+            "pass a torch.utils.data.Dataset such as TensorDataset(inputs, labels)."
+        )
+    return dataset
+
+
+def _tensor_base(dataset: Any) -> tuple[TensorDataset, np.ndarray | None] | None:
+    """The TensorDataset under ``dataset`` (through Subsets) and the rows it selects, or None.
+
+    A subclass that overrides ``__getitem__`` (a transform, say) is not indexed around."""
+    if isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__:
+        return dataset, None
+    if isinstance(dataset, Subset) and type(dataset).__getitem__ is Subset.__getitem__:
+        found = _tensor_base(dataset.dataset)
+        if found is not None:
+            base, rows = found
+            index = np.asarray(dataset.indices, dtype=np.int64)
+            return base, index if rows is None else rows[index]
+    return None
+
+
+def _show(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 class MultiTaskDataset(Dataset):
-    """Datasets of several tasks behind one index space.
+    """The data of several tasks behind one index space.
 
     Args:
-        datasets: ``{task: dataset}``; each dataset's items are ``(x, y)`` labelling that one task.
-        labels: ``{task: array}`` of the labels of each part, when its dataset cannot give them
-            cheaply (no ``targets`` attribute, not a TensorDataset).
-        tasks: :class:`~hydranet.Task` objects for the parts (a list or mapping); when given, labels are
-            checked against each task's kind and classes.
+        datasets: ``{task: dataset}``; each dataset's items are ``(x, y)`` and label that one task
+            (every item is labelled).
+        labels: ``{task: array}``, the labels of some parts in item order, for datasets that cannot
+            give them cheaply (no ``targets`` attribute, not a TensorDataset).
+        tasks: the parts' :class:`~hydranet.Task` objects (a list or ``{name: Task}``, one per key of
+            ``datasets``); labels are then checked against each task's kind and classes.
 
-    Use :meth:`shared` for one dataset whose items carry several labels.
+    Use :meth:`shared` for one dataset whose items carry several labels, some possibly missing.
+
+    Example:
+        >>> ds = MultiTaskDataset({"digits": digits, "fashion": fashion})
+        >>> x, y = ds[len(digits)]            # y == {"fashion": ...}
     """
 
     def __init__(
@@ -55,210 +125,278 @@ class MultiTaskDataset(Dataset):
         tasks: Sequence[Task] | Mapping[str, Task] | None = None,
     ) -> None:
         if not isinstance(datasets, Mapping) or not datasets:
-            raise ValueError(
-                "MultiTaskDataset needs a non-empty mapping {task: dataset}; for one dataset with several "
-                "label columns use MultiTaskDataset.shared(dataset, tasks=[...])."
+            raise TypeError(
+                "MultiTaskDataset needs a non-empty mapping {task: dataset}, got "
+                f"{type(datasets).__name__}; for one dataset with several labels per item use "
+                "MultiTaskDataset.shared(dataset, tasks=[...])."
             )
-        self._names = [str(name) for name in datasets]
-        self._tasks = self._check_tasks(tasks)
-        self._parts: list[Dataset] = []
-        for name, dataset in datasets.items():
-            _check_dataset(name, dataset)
-            if len(dataset) == 0:  # type: ignore[arg-type]
-                raise ValueError(f"Task {name!r} has an empty dataset: give it at least one sample or drop the task.")
-            self._parts.append(dataset)
-        self._shared = False
-        self._offsets = np.cumsum([0] + [len(d) for d in self._parts]).astype(np.int64)  # type: ignore[arg-type]
-        self._explicit = self._check_explicit(labels, [len(d) for d in self._parts])  # type: ignore[arg-type]
-        self._label_cache: dict[str, np.ndarray] = {}
-        self._index_cache: dict[str, np.ndarray] = {}
+        names = list(datasets)
+        bad = [n for n in names if not isinstance(n, str) or not n]
+        if bad:
+            raise TypeError(f"Task names must be non-empty strings; got {bad!r} as keys of the datasets mapping.")
+        parts = [_check_dataset(d, f"The dataset of task {n!r}") for n, d in datasets.items()]
+        task_dict = None if tasks is None else self._check_part_tasks(tasks, names)
+        self._setup(names, parts, shared=False, tasks=task_dict, labels=labels)
 
     @classmethod
     def shared(
         cls,
         dataset: Dataset,
-        tasks: Sequence[str | Task] | Mapping[str, Task],
+        tasks: Sequence[str] | Sequence[Task] | Mapping[str, Task],
         *,
         labels: Mapping[str, Any] | None = None,
     ) -> MultiTaskDataset:
         """One dataset whose items carry several labels, some possibly missing.
 
-        Items may be ``(x, {task: y})``, ``(x, y_1, ..., y_k)`` or ``(x, (y_1, ..., y_k))`` with the
-        labels in the order of ``tasks``. A missing label is ``None``, ``-1`` for class labels, NaN
-        for regression, or absent from the dict.
+        Args:
+            dataset: items ``(x, {task: y})``, ``(x, y_1, ..., y_k)`` or ``(x, (y_1, ..., y_k))`` with
+                the labels in the order of ``tasks``. A missing label is ``None`` or absent from the
+                dict, ``-1`` for class labels, NaN for regression, a row of ``-1`` for multilabel.
+            tasks: the task names, or their :class:`~hydranet.Task` objects (then labels are checked).
+            labels: ``{task: array}`` of ``len(dataset)`` labels in item order (missing values
+                allowed), for columns the dataset cannot give cheaply.
         """
-        _check_dataset("shared", dataset)
+        names, task_dict = cls._check_shared_tasks(tasks)
         self = cls.__new__(cls)
-        if isinstance(tasks, Mapping):
-            tasks = list(tasks.values())
-        if isinstance(tasks, (str, Task)) or not tasks:
-            raise ValueError("MultiTaskDataset.shared needs a list of tasks (names or hydranet.Task objects).")
-        task_objects = [t for t in tasks if isinstance(t, Task)]
-        self._names = [t.name if isinstance(t, Task) else str(t) for t in tasks]
-        if len(set(self._names)) != len(self._names):
-            raise ValueError(f"Duplicate task names in {self._names}.")
-        self._tasks = as_task_dict(task_objects) if task_objects else None
-        if self._tasks is not None and len(task_objects) != len(self._names):
-            raise ValueError("Give tasks either all as names or all as hydranet.Task objects.")
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            raise ValueError("The shared dataset is empty.")
-        self._parts = [dataset]
-        self._shared = True
-        self._offsets = np.array([0, len(dataset)], dtype=np.int64)  # type: ignore[arg-type]
-        self._explicit = self._check_explicit(labels, [len(dataset)] * len(self._names))  # type: ignore[arg-type]
-        self._label_cache = {}
-        self._index_cache = {}
+        self._setup(names, [_check_dataset(dataset, "The shared dataset")], shared=True, tasks=task_dict, labels=labels)
         return self
 
-    # -- validation ----------------------------------------------------------------------------------
-    def _check_tasks(self, tasks: Sequence[Task] | Mapping[str, Task] | None) -> dict[str, Task] | None:
-        if tasks is None:
-            return None
-        known = as_task_dict(tasks)
-        missing = [n for n in self._names if n not in known]
-        extra = [n for n in known if n not in self._names]
-        if missing or extra:
-            raise ValueError(
-                f"tasks= must describe exactly the dataset's tasks {self._names}; "
-                f"missing {missing}, unknown {extra}."
-            )
-        return {n: known[n] for n in self._names}
+    # -- construction ----------------------------------------------------------------------------------
+    def _setup(
+        self,
+        names: list[str],
+        parts: list[Any],
+        *,
+        shared: bool,
+        tasks: dict[str, Task] | None,
+        labels: Mapping[str, Any] | None,
+    ) -> None:
+        self._names = names
+        self._tasks = tasks
+        self._parts = parts
+        self._shared = shared
+        sizes = [len(p) for p in parts]
+        for k, size in enumerate(sizes):
+            if size == 0:
+                what = "The shared dataset" if shared else f"The dataset of task {names[k]!r}"
+                raise ValueError(f"{what} is empty: give it at least one item, or leave the task out.")
+        self._offsets = np.cumsum([0, *sizes]).astype(np.int64)
+        self._fast = [self._tensor_part(k) for k in range(len(parts))]
+        self._explicit = self._check_explicit(labels)
+        self._indices: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray] = {}
+        self._resolve(self._names, scan=False)
 
-    def _check_explicit(self, labels: Mapping[str, Any] | None, sizes: list[int]) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _check_part_tasks(tasks: Any, names: list[str]) -> dict[str, Task]:
+        if isinstance(tasks, Task):
+            tasks = [tasks]
+        given = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+        if any(isinstance(t, str) for t in given):
+            raise TypeError(
+                "In MultiTaskDataset({task: dataset}) the task names are the mapping's keys; tasks= gives their "
+                "hydranet.Task objects, e.g. tasks=[hn.Task('digits', 'multiclass', num_classes=10), ...]."
+            )
+        known = as_task_dict(given)
+        missing = [n for n in names if n not in known]
+        unknown = [n for n in known if n not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"tasks= must hold one Task per dataset, named like the keys {names}; missing {missing}, "
+                f"unknown {unknown}."
+            )
+        return {n: known[n] for n in names}
+
+    @staticmethod
+    def _check_shared_tasks(tasks: Any) -> tuple[list[str], dict[str, Task] | None]:
+        if isinstance(tasks, (str, Task)):
+            raise TypeError(
+                f"tasks= takes a list of tasks, got a single {type(tasks).__name__}: write tasks=[{tasks!r}]."
+            )
+        if isinstance(tasks, Mapping):
+            renamed = [k for k, t in tasks.items() if not isinstance(t, Task) or t.name != k]
+            if renamed:
+                raise ValueError(
+                    f"tasks= as a mapping must be {{name: Task with that name}}; check the keys {renamed}."
+                )
+            tasks = list(tasks.values())
+        given = list(tasks)
+        if not given:
+            raise ValueError(
+                "MultiTaskDataset.shared needs at least one task: tasks=['age', 'gender'] or Task objects."
+            )
+        if all(isinstance(t, Task) for t in given):
+            task_dict = as_task_dict(given)
+            return list(task_dict), task_dict
+        if all(isinstance(t, str) and t for t in given):
+            if len(set(given)) != len(given):
+                raise ValueError(f"Duplicate task names in tasks={given}: task names must be unique.")
+            return given, None
+        raise TypeError(
+            f"tasks= must be all names or all hydranet.Task objects, got {[type(t).__name__ for t in given]}; "
+            "give Task objects for every task to have labels checked."
+        )
+
+    def _size(self, task: str) -> int:
+        k = 0 if self._shared else self._names.index(task)
+        return int(self._offsets[k + 1] - self._offsets[k])
+
+    def _where(self, task: str) -> str:
+        return "the shared dataset" if self._shared else f"the dataset of task {task!r}"
+
+    def _check_explicit(self, labels: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         if labels is None:
             return {}
+        if not isinstance(labels, Mapping):
+            raise TypeError(
+                f"labels= must be a mapping {{task: array}} with one label per item, got {type(labels).__name__}."
+            )
         out = {}
         for name, values in labels.items():
             if name not in self._names:
-                raise ValueError(f"labels= names an unknown task {name!r}; tasks are {self._names}.")
-            array = as_label_array(values)
-            size = sizes[self._names.index(name)]
+                raise ValueError(f"labels= names an unknown task {name!r}; the tasks are {self._names}.")
+            try:
+                array = as_label_array(values)
+            except TypeError as error:
+                raise TypeError(f"labels[{name!r}]: {error}") from None
+            size = self._size(name)
             if len(array) != size:
-                raise ValueError(f"labels[{name!r}] has {len(array)} entries for a dataset of {size} samples.")
+                missing = " (None, -1 or NaN where missing)" if self._shared else ""
+                raise ValueError(
+                    f"labels[{name!r}] has {len(array)} entries but {self._where(name)} has {size} items: give one "
+                    f"label per item, in item order{missing}."
+                )
             out[name] = array
         return out
 
-    def _validate(self, name: str, labels: np.ndarray, positions: np.ndarray) -> None:
-        task = (self._tasks or {}).get(name)
-        if task is None or task.ragged or labels.dtype == object or task.kind == "regression":
-            return
-        if task.kind == "multilabel":
-            flat = labels.reshape(len(labels), -1)
-            if flat.shape[1] != task.num_classes:
+    def _tensor_part(self, k: int) -> _TensorPart | None:
+        found = _tensor_base(self._parts[k])
+        if found is None:
+            return None
+        base, rows = found
+        names = self._names if self._shared else [self._names[k]]
+        columns = tensor_label_columns(base, len(names))
+        if columns is None:
+            shapes = [tuple(t.shape) for t in base.tensors]
+            if self._shared:
                 raise ValueError(
-                    f"Task {name!r} is multilabel with {task.num_classes} labels, but its targets have "
-                    f"{flat.shape[1]} values per sample."
+                    f"The shared TensorDataset holds tensors of shapes {shapes}: for the {len(names)} tasks {names} "
+                    f"give TensorDataset(inputs, y_1, ..., y_{len(names)}) in task order, or TensorDataset(inputs, Y) "
+                    f"with Y of shape [n, {len(names)}]."
                 )
-            bad = ~np.isin(flat, (0, 1)).all(axis=1)
-            allowed = "0 or 1"
+            raise ValueError(
+                f"The dataset of task {names[0]!r} is a TensorDataset of {len(shapes)} tensors {shapes}; its items "
+                "must be (x, y): use TensorDataset(inputs, labels), or MultiTaskDataset.shared(...) for several "
+                "labels per item."
+            )
+        # Which rows are labelled, decided once with the same rules as ds[i] (missing_mask == is_missing).
+        labelled: list[Tensor | None] = []
+        for name, column in zip(names, columns):
+            mask = ~missing_mask(column, self._kind(name))
+            labelled.append(None if mask.all() else torch.from_numpy(mask))
+        return _TensorPart(base.tensors[0], columns, labelled, None if rows is None else torch.from_numpy(rows))
+
+    # -- labels and indices ----------------------------------------------------------------------------
+    def _kind(self, task: str) -> str | None:
+        return self._tasks[task].kind if self._tasks else None
+
+    def _resolve(self, names: list[str], *, scan: bool) -> None:
+        """Read, check and cache the labels of ``names`` (from metadata only unless ``scan``)."""
+        todo = [t for t in names if t not in self._labels]
+        raw = {t: self._explicit[t] for t in todo if t in self._explicit}
+        rest = [t for t in todo if t not in raw]
+        if self._shared:
+            if rest:
+                raw.update(read_label_columns(self._parts[0], self._names, need=rest, scan=scan))
         else:
-            values = labels.reshape(len(labels))
-            high = 2 if task.kind == "binary" else task.n_classes
-            bad = (values < 0) | (values >= high) | (values != np.floor(values))
-            allowed = f"integers in [0, {high})"
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"Task {name!r} ({task.kind}) has a label {labels[first].tolist()!r} at dataset index "
-                f"{int(positions[first])}; labels must be {allowed} (-1 or None for a missing label). "
-                "Map class names to indices, or fix num_classes."
-            )
+            for t in rest:
+                column = read_labels(self._parts[self._names.index(t)], t, scan=scan)
+                if column is not None:
+                    raw[t] = column
+        for t in todo:
+            if t in raw:
+                self._store(t, raw[t])
+                self._explicit.pop(t, None)  # the checked arrays replace it
 
-    # -- labels and indices ---------------------------------------------------------------------------
-    def _kind(self, name: str) -> str | None:
-        return self._tasks[name].kind if self._tasks else None
-
-    def _parse_shared(self, item: Any) -> list[Any]:
-        """The labels of one shared item, in task order (None where absent)."""
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError(
-                f"Items of a shared dataset must be (x, {{task: y}}), (x, y1, y2, ...) or (x, (y1, y2, ...)); "
-                f"got {type(item).__name__}."
-            )
-        rest = item[1:]
-        if len(rest) == 1 and isinstance(rest[0], Mapping):
-            unknown = set(rest[0]) - set(self._names)
-            if unknown:
-                raise ValueError(f"Sample labels name unknown task(s) {sorted(unknown)}; tasks are {self._names}.")
-            return [rest[0].get(name) for name in self._names]
-        if len(rest) == 1 and isinstance(rest[0], (tuple, list)) and len(self._names) > 1:
-            rest = tuple(rest[0])
-        if len(rest) != len(self._names):
-            raise ValueError(
-                f"A shared item carries {len(rest)} label(s) for {len(self._names)} task(s) {self._names}; "
-                "give one label per task, in task order (None or -1 where missing)."
-            )
-        return list(rest)
-
-    def _part_item_label(self, item: Any) -> list[Any]:
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"Items of a one-task dataset must be (x, y); got {type(item).__name__}.")
-        return [item[1]]
-
-    def _read(self, name: str) -> np.ndarray:
-        """All labels of the part (or column) of ``name``, missing ones included."""
-        if name in self._explicit:
-            return self._explicit[name]
+    def _store(self, task: str, raw: np.ndarray) -> None:
+        missing = missing_mask(raw, self._kind(task))
         if self._shared:
-            if "_columns" not in self.__dict__:
-                self.__dict__["_columns"] = label_columns(
-                    self._parts[0], len(self._names), self._parse_shared, names=self._names
-                )
-            return self.__dict__["_columns"][self._names.index(name)]
-        return label_columns(self._parts[self._names.index(name)], 1, self._part_item_label)[0]
-
-    def _resolve(self, name: str) -> None:
-        self._check_name(name)
-        raw = self._read(name)
-        k = self._names.index(name)
-        if self._shared:
-            keep = ~missing_mask(raw, self._kind(name))
-            indices = np.flatnonzero(keep).astype(np.int64)
-            labels = raw[keep]
+            indices = np.flatnonzero(~missing).astype(np.int64, copy=False)
             if indices.size == 0:
-                raise ValueError(f"Task {name!r} has no labelled sample in the shared dataset.")
+                raise ValueError(
+                    f"Task {task!r} has no labelled sample: all {len(raw)} of its labels in the shared dataset are "
+                    "missing (None, -1, NaN). Check its label column, or leave the task out."
+                )
+            values = raw[indices]
         else:
-            indices = np.arange(self._offsets[k], self._offsets[k + 1], dtype=np.int64)
-            labels = raw
-        if labels.dtype == object and not (self._tasks and self._tasks[name].ragged):
-            try:
-                labels = np.asarray(labels.tolist())
-            except ValueError:
-                pass  # ragged values stay an object array
-        self._validate(name, labels, indices)
-        self._index_cache[name] = indices
-        self._label_cache[name] = labels
+            if missing.any():
+                k = int(np.flatnonzero(missing)[0])
+                raise ValueError(
+                    f"Task {task!r}: item {k} of its dataset has a missing label ({_show(raw[k])!r}). In "
+                    "MultiTaskDataset({task: dataset}) a dataset labels all its items: leave unlabelled items out "
+                    "(torch.utils.data.Subset), or use MultiTaskDataset.shared(...), where labels may be missing."
+                )
+            indices, values = None, raw
+        task_obj = (self._tasks or {}).get(task)
+        if task_obj is not None:
+            values = check_labels(values, task_obj, indices=indices, where=self._where(task))
+        else:
+            values = stack_labels(values)
+        values = values.view()  # read-only without touching the caller's array (it may be shared)
+        values.setflags(write=False)
+        if indices is not None:
+            indices.setflags(write=False)
+            self._indices[task] = indices
+        self._labels[task] = values
 
-    def _check_name(self, name: str) -> None:
-        if name not in self._names:
-            raise KeyError(f"Unknown task {name!r}; this dataset's tasks are {self._names}.")
+    def _require(self, task: str) -> None:
+        self._check_name(task)
+        if task not in self._labels:
+            # One scan of a shared dataset reads every column still unknown.
+            self._resolve([t for t in self._names if t not in self._labels] if self._shared else [task], scan=True)
+
+    def _check_name(self, task: str) -> None:
+        if task not in self._names:
+            raise KeyError(f"Unknown task {task!r}; this dataset's tasks are {self._names}.")
 
     def task_indices(self, task: str) -> np.ndarray:
-        """Sorted global indices of the samples labelled for ``task`` (int64)."""
+        """Sorted global indices of the samples labelled for ``task`` (int64, read-only)."""
         self._check_name(task)
         if not self._shared:
             k = self._names.index(task)
-            return np.arange(self._offsets[k], self._offsets[k + 1], dtype=np.int64)
-        if task not in self._index_cache:
-            self._resolve(task)
-        return self._index_cache[task]
+            indices = np.arange(self._offsets[k], self._offsets[k + 1], dtype=np.int64)
+            indices.setflags(write=False)
+            return indices
+        self._require(task)
+        return self._indices[task]
 
     def labels(self, task: str) -> np.ndarray:
-        """Labels of ``task``, aligned with :meth:`task_indices` (read once, then cached)."""
-        if task not in self._label_cache:
-            self._resolve(task)
-        return self._label_cache[task]
+        """Labels of ``task`` aligned with :meth:`task_indices` (read-only).
+
+        int64 ``[n]`` for binary and multiclass, ``[n, C]`` 0/1 for multilabel, float ``[n]`` or
+        ``[n, dim]`` for regression when the task's :class:`~hydranet.Task` is known; as given
+        otherwise (a 1-d object array for ragged labels).
+        """
+        self._require(task)
+        return self._labels[task]
 
     def class_counts(self, task: str) -> np.ndarray:
-        """Samples per class (classification), or positives per label (multilabel)."""
+        """Samples per class (``np.bincount``, ``n_classes`` long when the Task is known), or for a
+        multilabel task the number of positives of each label."""
         labels = self.labels(task)
         kind = self._kind(task)
-        if kind == "multilabel" or (kind is None and labels.ndim == 2):
-            return np.asarray(labels).reshape(len(labels), -1).sum(axis=0).astype(np.int64)
-        if kind == "regression" or labels.dtype.kind == "f":
-            raise ValueError(f"Task {task!r} has continuous labels: class counts apply to classification tasks.")
+        if kind == "regression" or labels.dtype.kind not in "biuf":
+            raise ValueError(f"Task {task!r} is not a classification task: class counts apply to class labels.")
+        if kind == "multilabel" or (kind is None and labels.ndim == 2 and np.isin(labels, (0, 1)).all()):
+            return labels.sum(axis=0).astype(np.int64)
+        flat = labels.reshape(len(labels), -1)
+        if flat.shape[1] != 1 or (flat.dtype.kind == "f" and (flat != np.floor(flat)).any()) or (flat < 0).any():
+            raise ValueError(
+                f"Task {task!r} has labels that are not class indices (one integer >= 0 per sample); declare its "
+                "kind with tasks=[hn.Task(...)] or fix the labels."
+            )
         minlength = self._tasks[task].n_classes if self._tasks else 0
-        return np.bincount(labels.astype(np.int64).reshape(-1), minlength=minlength)
+        return np.bincount(flat[:, 0].astype(np.int64), minlength=minlength)
 
     # -- structure -------------------------------------------------------------------------------------
     @property
@@ -272,14 +410,15 @@ class MultiTaskDataset(Dataset):
 
     @property
     def is_shared(self) -> bool:
-        """True for one dataset with several label columns (tasks' index pools may overlap)."""
+        """True for one dataset with several label columns (the tasks' index pools may overlap)."""
         return self._shared
 
     @property
     def part_ranges(self) -> dict[str, range]:
-        """Global index range of each task's dataset (mapping form)."""
+        """Global index range of each task's dataset; for a shared dataset, its whole range for every
+        task (use :meth:`task_indices` for the samples actually labelled)."""
         if self._shared:
-            return {name: range(0, int(self._offsets[1])) for name in self._names}
+            return {name: range(0, len(self)) for name in self._names}
         return {n: range(int(self._offsets[k]), int(self._offsets[k + 1])) for k, n in enumerate(self._names)}
 
     def __len__(self) -> int:
@@ -290,89 +429,124 @@ class MultiTaskDataset(Dataset):
         return f"MultiTaskDataset({form}, {len(self)} samples, tasks={self._names})"
 
     # -- items -----------------------------------------------------------------------------------------
-    def _locate(self, index: int) -> tuple[int, int]:
+    def _sample(self, part: int, local: int, item: Any) -> Sample:
+        """``(x, {task: y})`` from an item of part ``part``, missing labels left out."""
+        names = self._names if self._shared else [self._names[part]]
+        try:
+            values = item_labels(item, names)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Item {local} of {self._where(names[0])}: {error}") from None
+        return item[0], {t: v for t, v in zip(names, values) if not is_missing(v, self._kind(t))}
+
+    def __getitem__(self, index: int) -> Sample:
         n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"Index {index} is out of range for a MultiTaskDataset of {n} samples.")
-        index %= n
-        part = int(np.searchsorted(self._offsets, index, side="right")) - 1
-        return part, index - int(self._offsets[part])
+        i = operator.index(index)
+        if not -n <= i < n:
+            raise IndexError(f"Index {i} is out of range for a MultiTaskDataset of {n} samples.")
+        i %= n
+        part = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        local = i - int(self._offsets[part])
+        return self._sample(part, local, self._parts[part][local])
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        part, local = self._locate(int(index))
-        item = self._parts[part][local]
-        if self._shared:
-            values = self._parse_shared(item)
-            return item[0], {
-                name: value
-                for name, value in zip(self._names, values)
-                if not _missing_value(value, self._kind(name))
-            }
-        self._part_item_label(item)  # checks the item's structure
-        x, y = item
-        return x, {self._names[part]: y}
+    def __getitems__(self, indices: Sequence[int]) -> Batch | list[Sample]:
+        """A whole batch in one call (what ``DataLoader`` asks for).
 
-    @cached_property
-    def _tensor_backed(self) -> bool:
-        return all(isinstance(p, TensorDataset) for p in self._parts) and (
-            self._shared or all(len(p.tensors) == 2 for p in self._parts)  # type: ignore[attr-defined]
-        )
-
-    def __getitems__(self, indices: Sequence[int]) -> Batch | list[tuple[Any, dict[str, Any]]]:
-        """A whole batch in one call: one fancy-indexing operation per part for TensorDatasets."""
-        if not self._tensor_backed or len(indices) == 0:
-            return [self[i] for i in indices]
-        index = np.asarray(indices, dtype=np.int64)
+        Tensor-backed parts (TensorDataset, or a Subset of one) give a ready :class:`Batch` made with
+        one fancy-indexing operation per part, equal to ``collate([ds[i] for i in indices])`` with
+        ``indices`` set. Otherwise the items, in order, fetched per part with the part's own
+        ``__getitems__`` where it has one.
+        """
+        index = np.asarray(indices)
+        if index.size == 0:
+            return []
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise TypeError(f"__getitems__ takes a list of integer indices, got {index.dtype} of shape {index.shape}.")
+        index = index.astype(np.int64, copy=False)
         n = len(self)
-        if index.min() < -n or index.max() >= n:
-            raise IndexError(f"Batch indices out of range for a MultiTaskDataset of {n} samples.")
-        index %= n
-        if self._shared:
-            return self._shared_batch(index)
-        return self._parts_batch(index)
-
-    def _parts_batch(self, index: np.ndarray) -> Batch:
+        bad = (index < -n) | (index >= n)
+        if bad.any():
+            raise IndexError(
+                f"Index {int(index[bad][0])} is out of range for a MultiTaskDataset of {n} samples."
+            )
+        index = index % n
         part_of = np.searchsorted(self._offsets, index, side="right") - 1
-        first = self._parts[int(part_of[0])].tensors[0]  # type: ignore[attr-defined]
-        inputs = first.new_empty((len(index), *first.shape[1:]))
-        present: list[tuple[int, int]] = []
-        targets, masks = {}, {}
-        for part in np.unique(part_of):
-            rows = np.flatnonzero(part_of == part)
-            local = torch.from_numpy(index[rows] - self._offsets[part])
-            x, y = self._parts[int(part)].tensors  # type: ignore[attr-defined]
-            if x.shape[1:] != inputs.shape[1:]:
-                raise ValueError(
-                    f"Cannot stack inputs of different shapes: {tuple(inputs.shape[1:])} and {tuple(x.shape[1:])} "
-                    f"(task {self._names[int(part)]!r}). Resize them to one shape."
-                )
-            rows_t = torch.from_numpy(rows)
-            inputs[rows_t] = x[local].to(inputs.dtype)
-            mask = torch.zeros(len(index), dtype=torch.bool)
-            mask[rows_t] = True
-            target = torch.zeros((len(index), *y.shape[1:]), dtype=y.dtype)
-            target[rows_t] = y[local]
-            name = self._names[int(part)]
-            targets[name], masks[name] = target, mask
-            present.append((int(rows[0]), int(part)))
-        order = [self._names[p] for _, p in sorted(present)]
-        return Batch(inputs, {t: targets[t] for t in order}, {t: masks[t] for t in order}, torch.from_numpy(index))
+        parts = np.unique(part_of).tolist()
+        batch = self._tensor_batch(index, part_of, parts)
+        return batch if batch is not None else self._items(index, part_of, parts)
 
-    def _shared_batch(self, index: np.ndarray) -> Batch | list[tuple[Any, dict[str, Any]]]:
-        tensors = self._parts[0].tensors  # type: ignore[attr-defined]
-        if len(tensors) - 1 != len(self._names):
-            return [self[int(i)] for i in index]
-        rows = torch.from_numpy(index)
-        targets, masks, first = {}, {}, []
-        for k, name in enumerate(self._names):
-            values = tensors[k + 1][rows]
-            labelled = ~missing_mask(values.numpy(), self._kind(name))
-            if not labelled.any():
-                continue
-            mask = torch.from_numpy(labelled)
-            target = torch.zeros_like(values)
-            target[mask] = values[mask]
-            targets[name], masks[name] = target, mask
-            first.append((int(np.argmax(labelled)), k))
-        order = [self._names[k] for _, k in sorted(first)]
-        return Batch(tensors[0][rows], {t: targets[t] for t in order}, {t: masks[t] for t in order}, rows)
+    def _items(self, index: np.ndarray, part_of: np.ndarray, parts: list[int]) -> list[Sample]:
+        out: list[Any] = [None] * len(index)
+        for p in parts:
+            rows = np.flatnonzero(part_of == p).tolist()
+            local = (index[rows] - self._offsets[p]).tolist()
+            dataset = self._parts[p]
+            getitems = getattr(dataset, "__getitems__", None)
+            items = getitems(local) if callable(getitems) else [dataset[i] for i in local]
+            if len(items) != len(local):
+                raise ValueError(
+                    f"{type(dataset).__name__}.__getitems__ returned {len(items)} items for {len(local)} indices."
+                )
+            for r, i, item in zip(rows, local, items):
+                out[r] = self._sample(p, i, item)
+        return out
+
+    def _tensor_batch(self, index: np.ndarray, part_of: np.ndarray, parts: list[int]) -> Batch | None:
+        """The batch by fancy indexing, or None where a part is not tensor-backed (or inputs differ in
+        shape, which ``collate`` reports)."""
+        fast = [self._fast[p] for p in parts]
+        if any(f is None for f in fast):
+            return None
+        names = self._names if self._shared else [self._names[p] for p in parts]
+        if self._tasks and any(self._tasks[t].ragged for t in names):
+            return None  # ragged tasks are collated as lists
+        shape = fast[0].inputs.shape[1:]  # type: ignore[union-attr]
+        if any(f.inputs.shape[1:] != shape for f in fast):  # type: ignore[union-attr]
+            return None
+        size = len(index)
+        whole = torch.from_numpy(index)
+        if len(parts) == 1:
+            spots = [None]  # the part fills the whole batch
+            inputs = None
+        else:
+            spots = [np.flatnonzero(part_of == p) for p in parts]
+            dtype = functools.reduce(torch.promote_types, [f.inputs.dtype for f in fast])  # type: ignore[union-attr]
+            inputs = torch.empty((size, *shape), dtype=dtype, device=fast[0].inputs.device)  # type: ignore[union-attr]
+        targets: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        first: dict[str, tuple[int, int]] = {}  # task -> (first labelled row, task position): collate's order
+        for p, part, spot in zip(parts, fast, spots):
+            local = torch.from_numpy((index if spot is None else index[spot]) - self._offsets[p])
+            source = local if part.rows is None else part.rows[local]  # type: ignore[union-attr]
+            spot = None if spot is None else torch.from_numpy(spot)
+            if inputs is None:
+                inputs = part.inputs[source]  # type: ignore[union-attr]
+            else:
+                inputs[spot] = part.inputs[source].to(inputs.dtype)  # type: ignore[union-attr]
+            part_names = self._names if self._shared else [self._names[p]]
+            for k, name in enumerate(part_names):
+                values = part.labels[k][source]  # type: ignore[union-attr]
+                labelled = part.labelled[k]  # type: ignore[union-attr]
+                own = None if labelled is None else labelled[source]  # None: every row labelled
+                if own is not None:
+                    if not bool(own.any()):
+                        continue
+                    if bool(own.all()):
+                        own = None
+                    else:
+                        values[~own] = 0  # collate's filler (values is a fresh copy)
+                if spot is None:
+                    mask = torch.ones(size, dtype=torch.bool) if own is None else own
+                else:  # rows of the other parts are unlabelled for this part's task
+                    spread = values.new_zeros((size, *values.shape[1:]))
+                    spread[spot] = values
+                    mask = torch.zeros(size, dtype=torch.bool)
+                    mask[spot] = True if own is None else own
+                    values = spread
+                targets[name], masks[name] = values, mask
+                if own is not None:
+                    row = int(torch.argmax(mask.to(torch.uint8)))
+                else:
+                    row = 0 if spot is None else int(spot[0])
+                first[name] = (row, k if self._shared else p)
+        order = sorted(first, key=first.__getitem__)
+        return Batch(inputs, {t: targets[t] for t in order}, {t: masks[t] for t in order}, whole)

@@ -1,0 +1,256 @@
+"""What every reader returns: a :class:`ReaderDataset` over an :class:`ImageSamples` dataset.
+
+:class:`ImageSamples` is the per-sample dataset: image paths, one label array per task, and a
+transform. It is picklable (``DataLoader`` workers) and keeps its paths in one byte buffer rather
+than a list of Python strings: forked workers that touch Python objects update their reference
+counts and thereby copy the memory pages holding them, one worker at a time, while a NumPy buffer
+stays shared.
+
+:class:`ReaderDataset` is the :class:`~hydranet.data.MultiTaskDataset` (shared form) built on it,
+with the label arrays given explicitly, so no image is opened to know the labels. It also carries
+what the reader found: class ``vocabularies``, the ``skipped`` files and the ``Task`` objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hydranet.data.collate import make_collate
+from hydranet.data.dataset import MultiTaskDataset
+from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
+from hydranet.data.readers.images import DefaultTransform, ImageReadError, check_images, load_image
+from hydranet.tasks import Task
+
+__all__ = ["ImageSamples", "ReaderDataset"]
+
+Verify = Literal[False, True, "decode"]
+OnError = Literal["error", "skip"]
+
+
+class PackedStrings:
+    """An immutable list of strings stored as one UTF-8 buffer and offsets (see the module docstring)."""
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        return self._buffer[self._offsets[index] : self._offsets[index + 1]].tobytes().decode("utf-8")
+
+    def tolist(self) -> list[str]:
+        buffer, bounds = self._buffer.tobytes(), self._offsets.tolist()
+        return [buffer[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class ImageSamples(Dataset):
+    """Image files and their labels: ``samples[i] -> (transform(image), {task: label})``.
+
+    Args:
+        paths: one image file per sample.
+        labels: ``{task: array [n]}``; int64 class indices (-1 missing), float32 values (NaN missing),
+            or an object array of float32 arrays (ragged targets such as boxes; ``None`` missing).
+        transform: callable applied to the RGB PIL image.
+
+    Only the labelled tasks of a sample are in its dict. Labels come back as tensors: int64 scalars
+    for classes, float32 scalars for values, float32 ``[n_i, ...]`` for ragged targets.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Mapping[str, np.ndarray], transform: Callable[[Any], Any]) -> None:
+        self._paths = PackedStrings(paths)
+        self.targets = {name: np.asarray(column) for name, column in labels.items()}
+        for name, column in self.targets.items():
+            if len(column) != len(self._paths):
+                raise ValueError(f"labels[{name!r}] has {len(column)} entries for {len(self._paths)} paths.")
+        self.transform = transform
+        self._present = {name: _present(column) for name, column in self.targets.items()}
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def paths(self) -> list[str]:
+        return self._paths.tolist()
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, torch.Tensor]]:
+        x = self.transform(load_image(self._paths[index]))
+        labels = {}
+        for name, column in self.targets.items():
+            if self._present[name][index]:
+                value = column[index]
+                labels[name] = torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.tensor(value)
+        return x, labels
+
+
+def _present(column: np.ndarray) -> np.ndarray:
+    if column.dtype == object:  # ragged targets: arrays, which `==` would compare elementwise
+        return np.fromiter((v is not None for v in column), dtype=bool, count=len(column))
+    if column.dtype.kind == "f":
+        return ~np.isnan(column)
+    return column != -1
+
+
+class ReaderDataset(MultiTaskDataset):
+    """A :class:`~hydranet.data.MultiTaskDataset` read from files by a reader.
+
+    Everything of a shared ``MultiTaskDataset`` (``ds[i]``, ``task_indices``, ``labels``, ...), and:
+
+    * ``tasks``: ``{name: Task}``, with ``num_classes`` and ``class_names`` from the data;
+    * ``vocabularies``: ``{task: [class names]}`` of the tasks whose classes were names; pass it (or
+      the file written by :meth:`save_vocabularies`) as ``vocabularies=`` when reading another split;
+    * ``skipped``: the files or rows left out, as ``Skipped(path, reason)``;
+    * ``samples``: the per-sample dataset (an :class:`ImageSamples`, or a ``TensorDataset`` for a
+      tabular manifest); ``paths``: its image files (None for tabular data);
+    * ``collate_fn``: :func:`hydranet.data.make_collate` keeping the ragged tasks (boxes) as lists.
+    """
+
+    vocabularies: dict[str, list[str]]
+    skipped: list[Skipped]
+
+    @classmethod
+    def build(
+        cls,
+        samples: Dataset,
+        tasks: Sequence[Task],
+        labels: Mapping[str, np.ndarray],
+        *,
+        vocabularies: Mapping[str, list[str]],
+        skipped: Sequence[Skipped],
+    ) -> ReaderDataset:
+        self = cast(ReaderDataset, cls.shared(samples, tasks=list(tasks), labels=dict(labels)))
+        self.vocabularies = dict(vocabularies)
+        self.skipped = list(skipped)
+        self._samples = samples
+        return self
+
+    @property
+    def samples(self) -> Dataset:
+        return self._samples
+
+    @property
+    def paths(self) -> list[str] | None:
+        samples = self.samples
+        return samples.paths if isinstance(samples, ImageSamples) else None
+
+    @property
+    def collate_fn(self) -> Callable[[Sequence[Any]], Any]:
+        return make_collate([t.name for t in (self.tasks or {}).values() if t.ragged])
+
+    def save_vocabularies(self, path: str | os.PathLike[str]) -> None:
+        """Write :attr:`vocabularies` as JSON, to read another split (or decode predictions) with them."""
+        save_vocabularies(self.vocabularies, path)
+
+    def __repr__(self) -> str:
+        return f"ReaderDataset({len(self)} samples, tasks={self.task_names}, skipped={len(self.skipped)})"
+
+
+# -- steps shared by the readers ----------------------------------------------------------------------------
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+
+
+def check_policies(verify: Any, on_error: Any, unknown: Any) -> None:
+    check_choice("verify", verify, (False, True, "decode"))
+    check_choice("on_error", on_error, ("error", "skip"))
+    check_choice("unknown", unknown, ("error", "missing"))
+
+
+def resolve_transform(
+    transform: Callable[[Any], Any] | None, image_size: int | Sequence[int] | None
+) -> Callable[[Any], Any]:
+    """The user's transform, or :func:`default_transform` of ``image_size``."""
+    if transform is None:
+        return DefaultTransform(size=image_size)
+    if image_size is not None:
+        raise ValueError(
+            "image_size= sets the size of the default transform; with your own transform= resize inside it "
+            "(or pass transform=hydranet.data.readers.default_transform(size=..., mean=..., std=...))."
+        )
+    if not callable(transform):
+        raise TypeError(f"transform must be a callable taking a PIL image, got {type(transform).__name__}.")
+    return transform
+
+
+def drop_problems(names: Sequence[str], columns: Sequence[Encoded]) -> tuple[np.ndarray, list[Skipped]]:
+    """``(keep mask, skipped)``: samples with an unusable value in any task are left out."""
+    problems = first_problems([c.problems for c in columns], len(names))
+    bad = np.flatnonzero(~np.equal(problems, None))
+    keep = np.ones(len(names), dtype=bool)
+    keep[bad] = False
+    return keep, [Skipped(names[k], problems[k]) for k in bad]
+
+
+def screen_images(
+    paths: Sequence[str], verify: Verify, on_error: OnError, *, need_sizes: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, list[Skipped]]:
+    """Check the files up front when asked (``verify``, or ``on_error="skip"``, which needs it).
+
+    Returns ``(keep mask, sizes [n, 2] as (width, height) or None, skipped)``. With
+    ``on_error="error"`` a bad file is an :class:`ImageReadError` naming the bad files.
+    ``need_sizes`` reads at least each header (not the pixels) to learn the image sizes.
+    """
+    keep = np.ones(len(paths), dtype=bool)
+    if not (verify or on_error == "skip" or need_sizes):
+        return keep, None, []
+    level = "decode" if verify == "decode" else ("verify" if (verify or on_error == "skip") else "header")
+    sizes, errors = check_images(paths, level)
+    if errors and on_error == "error":
+        raise ImageReadError(
+            f"{len(errors)} of {len(paths)} image files cannot be read:\n"
+            + listing([f"{paths[k]}: {reason}" for k, reason in errors])
+            + "\nFix or remove them, or pass on_error='skip' to leave them out."
+        )
+    keep[[k for k, _ in errors]] = False
+    return keep, sizes, [Skipped(paths[k], reason) for k, reason in errors]
+
+
+def assemble(
+    reader: str,
+    samples: Dataset,
+    tasks: Sequence[Task],
+    labels: Mapping[str, np.ndarray],
+    *,
+    vocabularies: Mapping[str, list[str]],
+    skipped: Sequence[Skipped],
+    total: int,
+) -> ReaderDataset:
+    """Report what was skipped, check every task kept a label, and build the dataset."""
+    warn_skipped(reader, skipped, total)
+    if len(samples) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"{reader}: no sample left ({len(skipped)} of {total} skipped; see the warning).")
+    for task in tasks:
+        if not _present(labels[task.name]).any():
+            raise ValueError(
+                f"{reader}: no sample left has a label for task {task.name!r} ({len(skipped)} skipped); "
+                "check the data or leave the task out."
+            )
+    return ReaderDataset.build(samples, tasks, labels, vocabularies=vocabularies, skipped=skipped)
+
+
+def image_dataset(
+    reader: str,
+    paths: Sequence[str],
+    columns: Sequence[Encoded],
+    *,
+    transform: Callable[[Any], Any],
+    skipped: Sequence[Skipped],
+    total: int,
+) -> ReaderDataset:
+    """The dataset of image files whose labels are the encoded ``columns`` (rows already filtered)."""
+    labels = {c.task.name: c.values for c in columns}
+    vocabularies = {c.task.name: c.vocabulary for c in columns if c.vocabulary is not None}
+    samples = ImageSamples(paths, labels, transform)
+    return assemble(
+        reader, samples, [c.task for c in columns], labels, vocabularies=vocabularies, skipped=skipped, total=total
+    )

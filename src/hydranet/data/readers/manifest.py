@@ -1,0 +1,161 @@
+"""A manifest: one row per sample, a path column (images) or feature columns (tabular), a column per task.
+
+``.csv`` / ``.tsv`` files are read with the standard library; ``.json`` holds a list of objects
+(``[{"path": "a.jpg", "age": 30}, ...]``); ``.parquet`` needs pandas (``pip install
+'hydranet[tabular]'``) and a Parquet engine (pyarrow). An empty cell is a missing label: that sample
+is not in the task's pool, and the task is masked in its batches.
+
+Image paths: Windows separators (``images\\a\\b.jpg``) are normalised, absolute paths are kept, and
+relative ones are relative to ``root`` (default: the manifest's folder). Tabular manifests give
+``feature_columns`` instead: the inputs are then a float32 tensor of those columns and no file is
+opened at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from hydranet.data.readers.base import (
+    OnError,
+    ReaderDataset,
+    Verify,
+    assemble,
+    check_policies,
+    drop_problems,
+    image_dataset,
+    resolve_transform,
+    screen_images,
+)
+from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column
+from hydranet.data.readers.tables import Table, load_table, number_cells, resolve_paths
+
+__all__ = ["read_manifest"]
+
+
+def manifest_root(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
+    return (Path(root).expanduser() if root is not None else manifest.parent).resolve()
+
+
+def read_manifest(
+    path: str | os.PathLike[str],
+    *,
+    tasks: TasksArg = None,
+    path_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    converters: Mapping[str, Callable[[str], Any]] | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    vocabularies: Mapping[str, Sequence[str]] | str | os.PathLike[str] | None = None,
+    unknown: str = "error",
+    verify: Verify = False,
+    on_error: OnError = "error",
+    delimiter: str | None = None,
+    encoding: str = "utf-8-sig",
+) -> ReaderDataset:
+    """Samples listed in a CSV, JSON or Parquet manifest (see the module docstring).
+
+    Args:
+        path: the manifest file.
+        tasks: ``{column: kind or Task fields or Task}``, or column names whose kinds are inferred
+            (text: multiclass; numbers with fractions: regression; integers: declare the kind).
+            Default: every column other than the path and feature columns.
+        path_column: the column of image paths (default ``"path"``), for image manifests.
+        feature_columns: numeric input columns, for tabular manifests (then no path column).
+        root: folder that relative paths are relative to (default: the manifest's folder).
+        converters: ``{task: function(text) -> value}``, as in :func:`read_filenames`.
+        transform, image_size, vocabularies, unknown, verify, on_error: as in :func:`read_folders`.
+        delimiter: CSV delimiter (default ``","``, tab for ``.tsv``).
+        encoding: text encoding of a CSV or JSON manifest.
+
+    Rows with an unusable value (an empty path, a class index out of range, a feature that is not a
+    number) are left out and reported.
+    """
+    check_policies(verify, on_error, unknown)
+    table = load_table(path, delimiter=delimiter, encoding=encoding)
+    tabular = feature_columns is not None
+    if tabular and path_column is not None:
+        raise ValueError("Give path_column= (images) or feature_columns= (tabular data), not both.")
+    if tabular and (transform is not None or image_size is not None):
+        raise ValueError("transform= and image_size= apply to images; a tabular manifest has feature_columns=.")
+    inputs = list(feature_columns) if tabular else [path_column or "path"]  # type: ignore[arg-type]
+    if tabular and not inputs:
+        raise ValueError("feature_columns= is empty: list the numeric columns that form the inputs.")
+    for name in inputs:
+        table.column(name, "feature column" if tabular else "path column")
+    if tasks is None:
+        tasks = [c for c in table.columns if c not in inputs]
+    declared = declare_tasks(tasks)
+    clash = [d.name for d in declared if d.name in inputs]
+    if clash:
+        raise ValueError(f"Column(s) {clash} are both inputs and tasks.")
+    converters = dict(converters or {})
+    stray = sorted(set(converters) - {d.name for d in declared})
+    if stray:
+        raise ValueError(f"converters= names unknown task(s) {stray}.")
+    vocab = as_vocabularies(vocabularies, declared)
+    source = f" (column of {table.source.name})"
+    columns = [
+        encode_column(
+            d,
+            table.column(d.name),
+            vocabulary=vocab.get(d.name),
+            converter=converters.get(d.name),
+            unknown=unknown,
+            source=source,
+        )
+        for d in declared
+    ]
+    if tabular:
+        return _tabular(table, inputs, columns)
+    transform = resolve_transform(transform, image_size)
+    paths, empty = resolve_paths(table.column(inputs[0]), manifest_root(table.source, root))
+    names = np.where(empty, np.array(table.rows, dtype=object), paths)
+    keep, skipped = drop_problems(names, columns)
+    skipped = [Skipped(table.rows[k], f"empty {inputs[0]!r}") for k in np.flatnonzero(empty)] + skipped
+    keep &= ~empty
+    paths, columns = paths[keep], [c.take(keep) for c in columns]
+    ok, _, bad_files = screen_images(paths, verify, on_error)
+    return image_dataset(
+        "read_manifest",
+        paths[ok],
+        [c.take(ok) for c in columns],
+        transform=transform,
+        skipped=skipped + bad_files,
+        total=len(table),
+    )
+
+
+def _tabular(table: Table, features: list[str], columns: list[Any]) -> ReaderDataset:
+    values = np.empty((len(table), len(features)), dtype=np.float64)
+    problems = np.full(len(table), None, dtype=object)
+    for j, name in enumerate(features):
+        values[:, j], bad = number_cells(table.column(name))
+        missing = ~np.isfinite(values[:, j]) & ~bad
+        for rows, what in ((bad, "is not a number"), (missing, "is empty or not finite")):
+            fill = rows & np.equal(problems, None)
+            problems[fill] = f"feature {name!r} {what}"
+    keep, skipped = drop_problems(table.rows, columns)
+    unusable = ~np.equal(problems, None) & keep
+    skipped += [Skipped(table.rows[k], problems[k]) for k in np.flatnonzero(unusable)]
+    keep &= ~unusable
+    columns = [c.take(keep) for c in columns]
+    labels = {c.task.name: c.values for c in columns}
+    tensors = [torch.from_numpy(values[keep].astype(np.float32))]
+    tensors += [torch.from_numpy(column) for column in labels.values()]
+    return assemble(
+        "read_manifest",
+        TensorDataset(*tensors),
+        [c.task for c in columns],
+        labels,
+        vocabularies={c.task.name: c.vocabulary for c in columns if c.vocabulary is not None},
+        skipped=skipped,
+        total=len(table),
+    )
