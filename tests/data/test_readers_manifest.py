@@ -172,7 +172,7 @@ def test_tabular_feature_columns(tmp_path):
 
 
 def test_parquet_needs_pandas_and_reads_like_csv(tmp_path, monkeypatch):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     manifest = tmp_path / "t.parquet"
     manifest.write_bytes(b"PAR1")
     frame = pd.DataFrame(

@@ -527,7 +527,9 @@ def test_balancing_only_the_classification_task_works():
 
 
 def _multitask():
-    return pytest.importorskip("hydranet.data.dataset").MultiTaskDataset
+    from hydranet.data.dataset import MultiTaskDataset
+
+    return MultiTaskDataset
 
 
 def test_real_dataset_one_task_per_batch_through_a_dataloader():
