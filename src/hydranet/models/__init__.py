@@ -1,7 +1,127 @@
-"""Multi-task models: HydraNet (one backbone, one head per task) and backbones."""
+"""Multi-task models: one backbone with a head per task (:class:`HydraNet`), and soft sharing
+(:class:`MMoE`, :class:`CGC`, :class:`PLE`, :class:`CrossStitch`), on the backbones of
+:mod:`hydranet.models.backbones`.
 
-from hydranet.models.backbones import BACKBONES, MLP, ConvNet, build_backbone
-from hydranet.models.heads import make_head
-from hydranet.models.hydra import HydraNet
+Every architecture follows one contract: ``model(x, tasks=None, return_features=False) -> {task:
+output}``, ``model.tasks``, ``model.shared_parameters()``, ``model.task_parameters(task)`` and
+``model.heads_from_features(features, tasks)``.
+"""
 
-__all__ = ["BACKBONES", "MLP", "ConvNet", "HydraNet", "build_backbone", "make_head"]
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from hydranet.models.backbones import BACKBONES, MLP, ConvNet, LeNet, build_backbone, from_timm, from_torchvision
+from hydranet.models.experts import CGC, PLE, CrossStitch, MLPExperts, MMoE, ModuleExperts
+from hydranet.models.heads import TaskDict, build_heads, make_head
+from hydranet.models.hydra import HydraNet, MultiTaskModel, UnknownTaskError, find_feature_dim
+from hydranet.tasks import Task
+
+__all__ = [
+    "ARCHITECTURES",
+    "BACKBONES",
+    "CGC",
+    "ConvNet",
+    "CrossStitch",
+    "HydraNet",
+    "LeNet",
+    "MLP",
+    "MLPExperts",
+    "MMoE",
+    "ModuleExperts",
+    "MultiTaskModel",
+    "PLE",
+    "TaskDict",
+    "UnknownTaskError",
+    "build_architecture",
+    "build_backbone",
+    "build_heads",
+    "find_feature_dim",
+    "from_timm",
+    "from_torchvision",
+    "make_head",
+]
+
+#: Architectures by config name.
+ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
+    "hydra": HydraNet,
+    "mmoe": MMoE,
+    "cgc": CGC,
+    "ple": PLE,
+    "cross_stitch": CrossStitch,
+}
+
+
+def build_architecture(
+    name: str,
+    *,
+    backbone: nn.Module | str | Mapping[str, Any],
+    tasks: Iterable[Task] | Mapping[str, Task],
+    input_shape: int | Sequence[int] | None = None,
+    head: Any = "linear",
+    hidden: Any = None,
+    dropout: Any = 0.0,
+    **options: Any,
+) -> MultiTaskModel:
+    """A multi-task model from a config: an architecture name and a backbone (module, name or spec).
+
+    ``backbone`` is a module, a registry name, or ``{"name": ..., **arguments}`` for
+    :func:`~hydranet.models.backbones.build_backbone`. It is the shared backbone of ``"hydra"``, the shared
+    bottom of ``"mmoe"``, ``"cgc"`` and ``"ple"``, and the column of ``"cross_stitch"`` (one fresh copy
+    per task). ``options`` are the architecture's own arguments (``num_experts``, ``levels``, ...).
+    """
+    if name not in ARCHITECTURES:
+        close = difflib.get_close_matches(str(name), list(ARCHITECTURES), n=1)
+        raise ValueError(
+            f"Unknown architecture {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+            + f" Choose one of {', '.join(ARCHITECTURES)}."
+        )
+    cls = ARCHITECTURES[name]
+    accepted = _accepted(cls)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        given = {"tasks", "backbone", "bottom", "column", "input_shape", "head", "hidden", "dropout"}
+        allowed = sorted(accepted - given)
+        raise ValueError(f"Unknown option(s) {unknown} for architecture {name!r}; allowed: {', '.join(allowed)}.")
+    make: Callable[[], nn.Module] = _backbone_factory(backbone, input_shape)
+    common = dict(head=head, hidden=hidden, dropout=dropout, input_shape=input_shape, **options)
+    if cls is HydraNet:
+        return HydraNet(make(), tasks, **common)
+    if cls is CrossStitch:
+        return CrossStitch(make if not isinstance(backbone, nn.Module) else backbone, tasks, **common)
+    bottom = make()
+    return cls(tasks, bottom, **common)  # type: ignore[call-arg]
+
+
+def _accepted(cls: type) -> set[str]:
+    """Keyword arguments of an architecture, including those its ``__init__`` passes on to its parent's."""
+    names: set[str] = set()
+    for klass in cls.__mro__[: cls.__mro__.index(MultiTaskModel)]:
+        if "__init__" in vars(klass):
+            names |= set(inspect.signature(klass.__init__).parameters)
+    return names - {"self", "kwargs"}
+
+
+def _backbone_factory(backbone: nn.Module | str | Mapping[str, Any], input_shape: Any) -> Callable[[], nn.Module]:
+    if isinstance(backbone, nn.Module):
+        return lambda: backbone
+    if isinstance(backbone, str):
+        spec: dict[str, Any] = {"name": backbone}
+    elif isinstance(backbone, Mapping):
+        spec = dict(backbone)
+    else:
+        raise TypeError(f"backbone must be a module, a name or {{'name': ..., ...}}, got {type(backbone).__name__}.")
+    if "name" not in spec:
+        raise ValueError(f"A backbone spec needs a 'name' (one of {', '.join(BACKBONES)}); got {spec}.")
+    name = spec.pop("name")
+    built = [build_backbone(name, input_shape=input_shape, **spec)]  # fails here, with the backbone's own message
+
+    def make() -> nn.Module:  # the first call returns the backbone built above, later calls fresh ones
+        return built.pop() if built else build_backbone(name, input_shape=input_shape, **spec)
+
+    return make

@@ -1,129 +1,344 @@
-"""HydraNet: one shared backbone, one head per task; the backbone runs once per batch.
+r"""HydraNet: one shared backbone, one head per task; the backbone runs once per batch.
 
-.. math:: z = f_\\theta(x), \\qquad \\hat y_t = h_{\\phi_t}(z) \\quad \\text{for each requested task } t
+.. math::
 
-Only the heads of the requested tasks run, so a homogeneous batch (one task) costs one head.
-``shared_parameters()`` are :math:`\\theta`, ``task_parameters(t)`` are :math:`\\phi_t`, and
-``forward(..., return_features=True)`` also returns :math:`z`, the representation that
-representation-level balancing differentiates.
+    z = f_\theta(x) \in \mathbb{R}^{B \times D}, \qquad
+    \hat y_t = h_{\phi_t}(z) \quad \text{for each requested task } t
+
+Only the heads of the requested tasks run: a batch that holds one task costs the backbone and one head.
+``shared_parameters()`` are :math:`\theta`, ``task_parameters(t)`` are :math:`\phi_t`, and
+``forward(x, return_features=True)`` also returns :math:`z`, the representation that
+representation-level balancing differentiates (:math:`\partial L_t / \partial z`).
+
+:class:`MultiTaskModel` is the contract every architecture of :mod:`hydranet.models` follows (HydraNet,
+MMoE, CGC/PLE, cross-stitch):
+
+* ``model(x, tasks=None, return_features=False) -> {task: output}`` (or ``(outputs, features)``);
+* ``model.tasks`` (``{name: Task}``), ``model.task_names``;
+* ``model.shared_parameters()`` and ``model.task_parameters(task)``: a partition of the parameters in
+  which every shared parameter reaches the task losses only through ``features``, and the parameters
+  of task :math:`t` only reach the loss of :math:`t`;
+* ``model.heads_from_features(features, tasks)``: the task-specific rest of the forward pass.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hydranet.models.heads import make_head
+from hydranet.models.heads import HeadSpec, build_heads, head_in_features
 from hydranet.tasks import Task, as_task_dict
 
-__all__ = ["HydraNet"]
+__all__ = ["MultiTaskModel", "HydraNet", "UnknownTaskError", "find_feature_dim", "dry_run", "flat_size"]
+
+#: Attributes a backbone may carry to announce its feature size (hydranet / torchvision-style, timm).
+FEATURE_ATTRIBUTES: tuple[str, ...] = ("out_features", "feature_dim", "head_hidden_size", "num_features")
+
+TaskSelection = Sequence[str] | str | None
 
 
-def _feature_size(backbone: nn.Module, feature_dim: int | None, input_shape: Sequence[int] | None) -> int:
-    if feature_dim is not None:
-        return int(feature_dim)
-    for attribute in ("out_features", "feature_dim", "num_features"):
-        value = getattr(backbone, attribute, None)
-        if isinstance(value, int):
-            return value
-    if input_shape is None:
+class UnknownTaskError(KeyError, ValueError):
+    """A task name the model has no head for; the message lists the known tasks."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def _unknown(name: Any, known: Sequence[str]) -> UnknownTaskError:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownTaskError(f"Unknown task {name!r}: this model's tasks are {', '.join(map(repr, known))}.{hint}")
+
+
+def _shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(
-            f"Cannot tell the feature size of {type(backbone).__name__}: pass feature_dim=... or "
-            "input_shape=(C, H, W) for a dry run."
+            f"input_shape must be one sample's shape without the batch dimension, e.g. (3, 64, 64) or (20,); "
+            f"got {input_shape!r}."
         )
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        features = backbone(torch.zeros(2, *input_shape))
-    backbone.train(was_training)
+    return shape
+
+
+def dry_run(module: nn.Module, input_shape: int | Sequence[int]) -> Tensor:
+    """Run ``module`` once on a batch of two zero inputs of ``input_shape``, in eval mode, without gradients.
+
+    Eval mode keeps BatchNorm statistics untouched; the batch of two keeps layers that need more than one
+    sample per channel happy. The input takes the device and floating dtype of the module's parameters.
+    """
+    shape = _shape(input_shape)
+    ref = next((t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), None)
+    device, dtype = (ref.device, ref.dtype) if ref is not None else (None, None)
+    x = torch.zeros(2, *shape, device=device, dtype=dtype)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as err:
+        raise ValueError(
+            f"{type(module).__name__} failed on a dry run with input_shape={shape}: {err}. Check that input_shape is "
+            "one sample's shape without the batch dimension, e.g. (3, 64, 64), or pass feature_dim= instead."
+        ) from err
+    finally:
+        module.train(was_training)
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"{type(module).__name__} returned {type(out).__name__} on a dry run; a backbone must return one feature "
+            "tensor [batch, D]. Wrap it in a module that returns the features."
+        )
+    return out
+
+
+def find_feature_dim(
+    backbone: nn.Module,
+    feature_dim: int | None = None,
+    input_shape: int | Sequence[int] | None = None,
+    *,
+    vectors: bool = True,
+) -> tuple[int | None, Tensor | None]:
+    """The width ``D`` of the features a backbone returns, and the dry-run features when one was run.
+
+    Sources, in order: the declared ``feature_dim``; an integer attribute of the backbone among
+    :data:`FEATURE_ATTRIBUTES`; a dry run with ``input_shape``. With ``input_shape`` the dry run always
+    happens and must agree with a declared or announced size. ``(None, None)`` when nothing tells.
+    With ``vectors=False``, features that are not ``[batch, D]`` (feature maps for dense heads) are
+    accepted and give ``D = None``.
+    """
+    declared, source = None, ""
+    if feature_dim is not None:
+        if not (isinstance(feature_dim, int) and feature_dim > 0):
+            raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}.")
+        declared, source = feature_dim, "feature_dim"
+    else:
+        for attribute in FEATURE_ATTRIBUTES:
+            value = getattr(backbone, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                declared, source = value, f"{type(backbone).__name__}.{attribute}"
+                break
+    if input_shape is None:
+        return declared, None
+    features = dry_run(backbone, input_shape)
+    if features.ndim != 2 and not vectors and feature_dim is None:
+        return None, features
     if features.ndim != 2:
         raise ValueError(
-            f"The backbone returns features of shape {tuple(features.shape)} for input_shape={tuple(input_shape)}; "
-            "heads need [batch, features]: end the backbone with pooling and flattening."
+            f"The backbone returns features of shape {list(features.shape)} for input_shape={_shape(input_shape)}; "
+            "heads read vectors [batch, D]. End the backbone with pooling and flattening, e.g. "
+            "nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten()), or pass your own heads= modules."
         )
-    return int(features.shape[1])
+    measured = int(features.shape[1])
+    if declared is not None and declared != measured:
+        raise ValueError(
+            f"{source} says the backbone returns {declared} features, but a dry run with input_shape="
+            f"{_shape(input_shape)} returned {measured}: pass feature_dim={measured} or fix the backbone."
+        )
+    return measured, features
 
 
-class HydraNet(nn.Module):
-    """A shared backbone with one head per task.
+class MultiTaskModel(nn.Module):
+    """Base of the multi-task architectures: task selection, parameter partition, the forward contract.
+
+    Subclasses implement :meth:`features` (the shared part), :meth:`heads_from_features` (the
+    task-specific part) and :meth:`_task_modules` (the modules that belong to one task only).
+    """
+
+    def __init__(self, tasks: Iterable[Task] | Mapping[str, Task]) -> None:
+        super().__init__()
+        self.tasks: dict[str, Task] = as_task_dict(tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        """The task names, in the order the tasks were given."""
+        return list(self.tasks)
+
+    def select_tasks(self, tasks: TaskSelection = None) -> list[str]:
+        """Validate a task selection: ``None`` (all tasks), one name, or a sequence of names."""
+        if tasks is None:
+            return list(self.tasks)
+        names = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
+        for name in names:
+            if name not in self.tasks:
+                raise _unknown(name, list(self.tasks))
+        return names
+
+    def features(self, x: Any) -> Tensor:
+        """The shared representation the task-specific modules read."""
+        raise NotImplementedError
+
+    def heads_from_features(self, features: Tensor, tasks: TaskSelection = None) -> dict[str, Tensor]:
+        """``{task: output}`` for ``tasks`` (all by default), from the output of :meth:`features`."""
+        raise NotImplementedError
+
+    def _task_modules(self, task: str) -> list[nn.Module]:
+        """The modules whose parameters only reach the loss of ``task``."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: Any, tasks: TaskSelection = None, return_features: bool = False
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
+        """``{task: output}`` for the requested tasks (all by default); the shared part runs once.
+
+        Args:
+            x: a batch of inputs.
+            tasks: the tasks to predict, e.g. ``batch.tasks``; only their task-specific modules run.
+            return_features: also return the shared representation (for representation-level balancing).
+        """
+        names = self.select_tasks(tasks)
+        features = self.features(x)
+        outputs = self.heads_from_features(features, names)
+        return (outputs, features) if return_features else outputs
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters that only affect ``task``'s output (its head, and task-specific gates or experts)."""
+        if task not in self.tasks:
+            raise _unknown(task, list(self.tasks))
+        seen: set[int] = set()
+        params = []
+        for module in self._task_modules(task):
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not task-specific: the backbone (and shared experts, stitch units)."""
+        owned = {id(p) for t in self.tasks for p in self.task_parameters(t)}
+        return [p for p in self.parameters() if id(p) not in owned]
+
+    def _check_partition(self) -> None:
+        """Reject a task-specific parameter that is also used elsewhere: it would in fact be shared."""
+        uses: dict[int, int] = {}
+        for _, p in self.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        for task in self.tasks:
+            own: dict[int, int] = {}
+            for module in self._task_modules(task):
+                for _, p in module.named_parameters(remove_duplicate=False):
+                    own[id(p)] = own.get(id(p), 0) + 1
+            if any(uses[i] > n for i, n in own.items()):
+                raise ValueError(
+                    f"A parameter of task {task!r}'s own modules is also used by another task or by the shared "
+                    "part: give each task its own head module; layers used by several tasks belong in the backbone."
+                )
+
+    def _set_head_widths(self, width: int | None, given: set[str]) -> None:
+        """Record the input width of each head; built heads read exactly ``[batch, width]``."""
+        self._head_in: dict[str, tuple[int | None, bool]] = {
+            name: (width, True) if name not in given else (head_in_features(self.heads[name]), False)
+            for name in self.tasks
+        }
+        for name, (expected, built) in self._head_in.items():
+            if not built and expected is not None and width is not None and expected != width:
+                raise ValueError(
+                    f"The head of task {name!r} expects {expected} input features but it is given {width}: build the "
+                    f"head with {width} inputs, or leave it out of heads= to have it built from the task."
+                )
+
+    def _head(self, name: str, features: Tensor) -> Tensor:
+        """Run one head after checking the width of what it reads (static shapes: free under torch.compile)."""
+        width, built = self._head_in[name]
+        if width is not None and (features.shape[-1] != width or (built and features.ndim != 2)):
+            if built:
+                fix = "End the backbone with pooling and flattening, or pass feature_dim= matching its output."
+            else:
+                fix = f"Build the head with {features.shape[-1]} input features."
+            raise ValueError(
+                f"The head of task {name!r} expects features [batch, {width}], but it was given shape "
+                f"{list(features.shape)}. {fix}"
+            )
+        return self.heads[name](features)
+
+    def _probe_heads(self, probe: Tensor) -> None:
+        """Run every head once on the dry-run features: a head that cannot read them fails here, not in training."""
+        for name in self.tasks:
+            module = self.heads[name]
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    module(probe)
+            except Exception as err:
+                raise ValueError(
+                    f"The head of task {name!r} fails on the backbone's features of shape {list(probe.shape)} "
+                    f"(dry run): {err}"
+                ) from err
+            finally:
+                module.train(was_training)
+
+    def extra_repr(self) -> str:
+        return "tasks=[" + ", ".join(f"{t.name}: {t.kind}({t.out_features})" for t in self.tasks.values()) + "]"
+
+
+class HydraNet(MultiTaskModel):
+    r"""A shared backbone with one head per task; the backbone runs once per batch.
 
     Args:
-        backbone: maps inputs to features ``[batch, D]``.
-        tasks: the tasks (list or mapping of :class:`~hydranet.Task`).
-        heads: explicit head modules ``{task: module}`` for some or all tasks.
-        head: ``"linear"`` or ``"mlp"``, or ``{task: "linear" | "mlp"}``, for heads built from tasks.
-        hidden: hidden sizes of ``mlp`` heads.
-        dropout: dropout of ``mlp`` heads.
-        feature_dim: the backbone's feature size ``D``, if it has no ``out_features`` attribute.
-        input_shape: the shape of one input, to find ``D`` with a dry run.
+        backbone: maps a batch of inputs to features ``[batch, D]`` (see :mod:`hydranet.models.backbones`).
+        tasks: the tasks, a list or ``{name: Task}`` mapping.
+        heads: explicit head modules ``{task: module}`` for some or all tasks; the others are built.
+        head: how built heads look: ``"linear"``, ``"mlp"``, or ``{task: "linear" | "mlp" | {"kind",
+            "hidden", "dropout", "activation"}}``.
+        hidden: hidden sizes of ``mlp`` heads (default ``(D,)``), or ``{task: sizes}``.
+        dropout: dropout of built heads, or ``{task: p}``.
+        feature_dim: ``D``, when the backbone has no ``out_features`` (or ``feature_dim``,
+            ``num_features``) attribute.
+        input_shape: one sample's shape without the batch dimension, e.g. ``(3, 64, 64)``: the backbone
+            runs once on zeros to measure ``D`` and to check explicit heads against it.
+
+    The feature size is checked against every head whose input width can be read (a linear layer
+    first) at construction when the dry run or a declared size allows it, and on every forward pass
+    otherwise, with both shapes in the message.
+
+    Example::
+
+        model = HydraNet(ConvNet(in_channels=3), [Task("age", "regression"), Task("gender", "binary")])
+        outputs = model(images)                       # {"age": [B, 1], "gender": [B, 1]}
+        outputs = model(images, tasks=["gender"])     # the age head does not run
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         tasks: Iterable[Task] | Mapping[str, Task],
-        *,
         heads: Mapping[str, nn.Module] | None = None,
-        head: str | Mapping[str, str] = "linear",
-        hidden: Sequence[int] | int | None = None,
-        dropout: float = 0.0,
+        head: HeadSpec | Mapping[str, HeadSpec] = "linear",
+        hidden: int | Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
+        dropout: float | Mapping[str, float] = 0.0,
         feature_dim: int | None = None,
-        input_shape: Sequence[int] | None = None,
+        input_shape: int | Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.tasks = as_task_dict(tasks)
+        super().__init__(tasks)
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}.")
         self.backbone = backbone
-        self.feature_dim = _feature_size(backbone, feature_dim, input_shape)
-        heads = dict(heads or {})
-        unknown = set(heads) - set(self.tasks)
-        if unknown:
-            raise ValueError(f"heads= names unknown task(s) {sorted(unknown)}; tasks are {list(self.tasks)}.")
-        hidden_sizes = (hidden,) if isinstance(hidden, int) else tuple(hidden or ())
-        self.heads = nn.ModuleDict()
-        for name, task in self.tasks.items():
-            if name in heads:
-                self.heads[name] = heads[name]
-                continue
-            kind = head.get(name, "linear") if isinstance(head, Mapping) else head
-            self.heads[name] = make_head(task, self.feature_dim, kind, hidden_sizes, dropout)
+        built = [name for name in self.tasks if name not in (heads or {})]
+        self.feature_dim, probe = find_feature_dim(backbone, feature_dim, input_shape, vectors=bool(built))
+        self.heads = build_heads(self.tasks, self.feature_dim, heads=heads, head=head, hidden=hidden, dropout=dropout)
+        self._set_head_widths(self.feature_dim, set(heads or {}))
+        self._check_partition()
+        if probe is not None:
+            self._probe_heads(probe)
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
+    def features(self, x: Any) -> Tensor:
+        """The backbone's features ``[batch, D]``."""
+        return self.backbone(x)
 
-    def _requested(self, tasks: Sequence[str] | None) -> list[str]:
-        if tasks is None:
-            return list(self.tasks)
-        unknown = [t for t in tasks if t not in self.heads]
-        if unknown:
-            raise KeyError(f"Unknown task(s) {unknown}; this model's tasks are {list(self.tasks)}.")
-        return list(tasks)
+    def heads_from_features(self, features: Tensor, tasks: TaskSelection = None) -> dict[str, Tensor]:
+        """Run the heads of ``tasks`` (all by default) on the backbone's features."""
+        return {name: self._head(name, features) for name in self.select_tasks(tasks)}
 
-    def heads_from_features(self, features: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """Run the heads of ``tasks`` (all by default) on backbone features."""
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise ValueError(
-                f"Heads expect features [batch, {self.feature_dim}], got {tuple(features.shape)}: the backbone's "
-                "output size differs from feature_dim."
-            )
-        return {t: self.heads[t](features) for t in self._requested(tasks)}
+    def _task_modules(self, task: str) -> list[nn.Module]:
+        return [self.heads[task]]
 
-    def forward(
-        self, x: Any, tasks: Sequence[str] | None = None, return_features: bool = False
-    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
-        requested = self._requested(tasks)
-        features = self.backbone(x)
-        outputs = self.heads_from_features(features, requested)
-        return (outputs, features) if return_features else outputs
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the backbone (shared by every task)."""
-        return [p for p in self.backbone.parameters() if p.requires_grad]
+def flat_size(input_shape: int | Sequence[int]) -> int:
+    """Number of values in one sample of ``input_shape``."""
+    return int(math.prod(_shape(input_shape)))
 
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters of one task's head."""
-        self._requested([task])
-        return [p for p in self.heads[task].parameters() if p.requires_grad]
