@@ -1,7 +1,8 @@
 """hydranet: multi-task learning for PyTorch."""
 
-from hydranet import balancing, data, metrics
+from hydranet import balancing, data, losses, metrics, models
 from hydranet.tasks import Task
+from hydranet.train import Trainer
 
-__all__ = ["Task", "balancing", "data", "metrics"]
+__all__ = ["Task", "Trainer", "balancing", "data", "losses", "metrics", "models"]
 __version__ = "0.1.0"
