@@ -32,8 +32,6 @@ import copy
 import inspect
 import logging
 import math
-import os
-import random
 import sys
 import time
 import warnings
@@ -52,7 +50,9 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from hydranet.balancing import Balancer, make
 from hydranet.balancing.weighting import GradNorm, did_you_mean
 from hydranet.callbacks import Callback, CallbackList
+from hydranet.checkpoint import CHECKPOINT_FORMAT, copy_atomic, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from hydranet.data.collate import Batch
+from hydranet.distributed import is_main_process
 from hydranet.metrics import MultiTaskMetrics, delta_m, higher_is_better, main_metric, metric_names
 from hydranet.report import CSVLogger, EpochLog, History, Report, TensorBoardLogger, write_report
 from hydranet.tasks import Task
@@ -72,7 +72,6 @@ __all__ = [
 
 logger = logging.getLogger("hydranet.train")
 
-CHECKPOINT_FORMAT = "hydranet.checkpoint/1"
 CHECKPOINT_MODES = ("last+best", "last", "best", "none")
 AMP_MODES = (None, "bf16", "fp16")
 
@@ -98,112 +97,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def is_main_process() -> bool:
-    """True outside ``torch.distributed`` and on rank 0: the process that logs, saves and shows progress."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every global random state, in a form ``torch.load(weights_only=True)`` reads back."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "bit_generator": numpy_state["bit_generator"],
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-    }
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": n["bit_generator"],
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, flushed and
-    fsynced, then renamed over ``path``. If anything fails, the previous file at ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    """Copy a checkpoint file with the same guarantees as :func:`save_checkpoint`."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a hydranet checkpoint on the CPU (``weights_only``: no code runs while loading)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {str(path)!r}.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a hydranet checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
-            f"expected {CHECKPOINT_FORMAT!r}); to load bare weights use model.load_state_dict(torch.load(path))."
-        )
-    return state
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -943,14 +836,14 @@ class Trainer:
         if resume_at is None or resume_at["position"] == 0:
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            self._rng_epoch_start = _rng_state()
+            self._rng_epoch_start = rng_state()
             return iter(loader), 0
         # Mid-epoch resume: start the loader under the random state it started with in the original
         # run (its worker seeds, a shuffling sampler's seed), move to the consumed position, then
         # restore the random state of the checkpoint.
         position = int(resume_at["position"])
         self._rng_epoch_start = resume_at["rng_epoch_start"]
-        _set_rng_state(self._rng_epoch_start)
+        set_rng_state(self._rng_epoch_start)
         if sampler is not None:
             sampler.set_epoch(epoch)
         skip = position
@@ -960,7 +853,7 @@ class Trainer:
         iterator = iter(loader)
         for _ in range(skip):
             next(iterator)
-        _set_rng_state(resume_at["rng"])
+        set_rng_state(resume_at["rng"])
         means.load_state_dict(resume_at["means"])
         return iterator, position
 
@@ -1356,7 +1249,7 @@ class Trainer:
             "position": position,
             "sampler": sampler.state_dict(position=position) if _takes_position(sampler) else None,
             "rng_epoch_start": self._rng_epoch_start,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "means": means.state_dict(),
         }
         save_checkpoint(state, self.checkpoint_dir / "last.pt")  # type: ignore[operator]
@@ -1369,12 +1262,12 @@ class Trainer:
         if not (save_last or save_best):
             return
         state = self.state_dict()
-        state["progress"] = {"epoch": epoch + 1, "position": 0, "rng": _rng_state()}
+        state["progress"] = {"epoch": epoch + 1, "position": 0, "rng": rng_state()}
         last, best = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt"
         if save_last:
             save_checkpoint(state, last)
             if save_best:
-                _copy_atomic(last, best)
+                copy_atomic(last, best)
         elif save_best:
             save_checkpoint(state, best)
 
@@ -1429,7 +1322,7 @@ class Trainer:
         progress = dict(state["progress"])
         self.epoch = int(progress["epoch"])
         if progress["position"] == 0:
-            _set_rng_state(progress["rng"])
+            set_rng_state(progress["rng"])
         return progress
 
     def load_checkpoint(self, path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:

@@ -347,7 +347,7 @@ class Balancer:
     def _features(self, features: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
         if features is None:
             raise ValueError(
-                f"jacobian='representation' needs the shared features: call model(x, return_features=True) "
+                "jacobian='representation' needs the shared features: call model(x, return_features=True) "
                 "and pass balancer.backward(..., features=features)."
             )
         feats = [features] if isinstance(features, Tensor) else list(features)
