@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,7 +116,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {str(path)!r}.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a readable hydranet checkpoint ({type(err).__name__}); pass the best.pt or "
+            "last.pt that training wrote."
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a hydranet checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "

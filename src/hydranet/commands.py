@@ -143,8 +143,11 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     trainer, loader, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
-    predictions = trainer.predict(loader)
-    rows = len(next(iter(predictions.values())))
+    predictions, indices = trainer.predict(loader, return_indices=True)
+    order = torch.argsort(indices)  # rows in dataset order, whatever order the sampler visited them in
+    indices = indices[order].numpy()
+    predictions = {name: values[order] for name, values in predictions.items()}
+    rows = len(indices)
     with open(args.output, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = ["index"]
@@ -164,7 +167,7 @@ def predict(args: argparse.Namespace) -> int:
         header += [c for c, _ in columns]
         writer.writerow(header)
         for i in range(rows):
-            writer.writerow([i, *[c[i] for _, c in columns]])
+            writer.writerow([indices[i], *[c[i] for _, c in columns]])
     print(f"wrote {rows} predictions for {len(predictions)} task(s) to {args.output}")
     return EXIT_OK
 

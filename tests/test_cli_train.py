@@ -1,0 +1,99 @@
+"""``hydranet train``, ``evaluate`` and ``predict`` end to end, on a config over NumPy files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hydranet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = """
+seed: 0
+tasks:
+  size: {kind: regression}
+  kind: {kind: multiclass, num_classes: 3, class_names: [low, mid, high]}
+data:
+  train: {source: npz, path: train.npz, inputs: x}
+  val: {source: npz, path: val.npz, inputs: x}
+  test: {source: npz, path: test.npz, inputs: x}
+sampler: {batch_size: 32}
+model:
+  backbone: {name: mlp, hidden: [32]}
+trainer:
+  epochs: 3
+  lr: 0.01
+  progress: false
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 256), ("val", 64), ("test", 80)):
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        kind = (x[:, 2] > 0).astype(np.int64) + (x[:, 3] > 0)
+        np.savez(tmp_path / f"{split}.npz", x=x, size=(x[:, 0] + x[:, 1]).astype(np.float32), kind=kind)
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_train_then_evaluate_and_predict_from_the_best_checkpoint(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("train", config, "--out", out, "--quiet", "--set", "trainer.baselines=train") == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["tasks"]) == {"size", "kind"} and report["split"] == "val"
+    # Δm by its definition from the report's own scores and baselines (mae: lower is better)
+    change_kind = 100 * (report["tasks"]["kind"]["accuracy"] / report["baselines"]["kind"]["accuracy"] - 1)
+    change_size = -100 * (report["tasks"]["size"]["mae"] / report["baselines"]["size"]["mae"] - 1)
+    assert report["delta_m"] == pytest.approx((change_kind + change_size) / 2)
+    assert report["tasks"]["kind"]["accuracy"] > 0.6  # chance is about 0.375 (the majority class)
+    assert "Δm" in capsys.readouterr().out
+
+    # best.pt evaluated on val gives the report's scores
+    assert run("evaluate", config, out / "best.pt", "--split", "val", "--json") == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["kind"]["accuracy"] == pytest.approx(report["tasks"]["kind"]["accuracy"])
+    assert scores["size"]["mae"] == pytest.approx(report["tasks"]["size"]["mae"], rel=1e-5)
+
+    # predictions on test: one row per dataset index, in order; they reproduce evaluate's scores
+    assert run("evaluate", config, out / "best.pt", "--json") == 0
+    test_scores = json.loads(capsys.readouterr().out)
+    predictions = tmp_path / "predictions.csv"
+    assert run("predict", config, out / "best.pt", "--output", predictions) == 0
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    test = np.load(tmp_path / "test.npz")
+    assert [int(r["index"]) for r in rows] == list(range(80))
+    names = ["low", "mid", "high"]
+    predicted = np.array([names.index(r["kind"]) for r in rows])
+    assert np.mean(predicted == test["kind"]) == pytest.approx(test_scores["kind"]["accuracy"])
+    errors = np.abs(np.array([float(r["size"]) for r in rows]) - test["size"])
+    assert errors.mean() == pytest.approx(test_scores["size"]["mae"], rel=1e-4)
+
+
+def test_resume_from_last_continues_to_the_uninterrupted_result(config, tmp_path, capsys):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run("train", config, "--out", full, "--quiet") == 0
+    assert run("train", config, "--out", split, "--quiet", "--set", "trainer.epochs=2") == 0
+    assert run("train", config, "--out", split, "--quiet", "--resume", "last") == 0
+    expected = json.loads((full / "metrics.json").read_text())["tasks"]
+    assert json.loads((split / "metrics.json").read_text())["tasks"] == expected
+    history = json.loads((split / "history.json").read_text())
+    assert [entry["epoch"] for entry in history["epochs"]] == [0, 1, 2]
+
+
+def test_exit_codes_scripts_can_rely_on(config, tmp_path, capsys):
+    assert run("evaluate", config, tmp_path / "missing.pt") == 2
+    assert "No checkpoint" in capsys.readouterr().err
+    assert run("train", config, "--set", "trainer.epoch=3") == 2
+    assert "did you mean" in capsys.readouterr().err.lower()
+    assert run("predict", config, config) == 1  # a YAML file is not a checkpoint
+    assert "config.yaml' is not a readable hydranet checkpoint" in capsys.readouterr().err
