@@ -44,7 +44,7 @@ def make_model(tasks: list[Any], seed: int) -> torch.nn.Module:
     from hydranet.models import ConvNet, HydraNet
 
     torch.manual_seed(seed)
-    return HydraNet(ConvNet(in_channels=1, widths=(16, 32, 64)), tasks, head="mlp", hidden=(64,))
+    return HydraNet(ConvNet(in_channels=1, widths=(16, 32, 64), pool=(1, 2)), tasks, head="mlp", hidden=(64,))
 
 
 def run_demo(

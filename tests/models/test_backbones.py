@@ -52,6 +52,20 @@ def test_convnet_stages_and_global_average_pooling():
     assert net[0][0].bias is None and ConvNet(1, widths=(4,), norm=None)[0][0].bias is not None
 
 
+def test_convnet_pool_grid_keeps_the_left_and_right_halves_apart():
+    net = ConvNet(1, widths=(4, 6), pool=(1, 2)).eval()
+    assert net.out_features == 12
+    x = torch.randn(3, 1, 16, 24)
+    maps = net[1](net[0](x))  # [3, 6, 4, 6]
+    left, right = maps[..., :3].mean(dim=(2, 3)), maps[..., 3:].mean(dim=(2, 3))
+    expected = torch.stack([left, right], dim=2).flatten(1)  # channel-major, as nn.Flatten lays out [C, 1, 2]
+    assert torch.allclose(net(x), expected, atol=1e-6)
+    assert ConvNet(1, widths=(4,), pool=3).out_features == 36
+    for bad in (0, (1,), (1, 2, 3), 1.5, "2"):
+        with pytest.raises(ValueError, match=r"pool must be a positive int or \(rows, cols\)"):
+            ConvNet(1, widths=(4,), pool=bad)
+
+
 def test_convnet_channels_last_gives_the_same_features():
     torch.manual_seed(0)
     net = ConvNet(3, widths=(4, 8)).eval()

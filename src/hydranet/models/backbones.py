@@ -5,7 +5,8 @@ Built in:
 * :class:`MLP` for tabular inputs: ``[Linear, norm, activation, dropout]`` blocks (inputs are flattened,
   so 28×28 images work too);
 * :class:`ConvNet` for small images (28×28 to 64×64): conv-BN-ReLU-maxpool blocks, then global average
-  pooling: :math:`z = \frac{1}{HW}\sum_{i,j} F_{:,i,j}`;
+  pooling :math:`z = \frac{1}{HW}\sum_{i,j} F_{:,i,j}` (or average pooling over a grid of cells, for
+  tasks that depend on where things are);
 * :class:`LeNet`: LeNet-5 style (two 5×5 convolutions, then 120 and 84 units).
 
 Each is an ``nn.Sequential`` of stages, which is what :class:`~hydranet.models.CrossStitch` stitches
@@ -106,21 +107,33 @@ class MLP(nn.Sequential):
 
 
 class _GlobalPool(nn.Sequential):
-    """Global average pooling to a vector, then optional dropout."""
+    """Average pooling to a ``grid`` of cells (``(1, 1)``: global), flattened, then optional dropout."""
 
-    def __init__(self, dropout: float) -> None:
-        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    def __init__(self, dropout: float, grid: tuple[int, int] = (1, 1)) -> None:
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
+
+
+def _grid(pool: int | Sequence[int]) -> tuple[int, int]:
+    cells = (pool, pool) if isinstance(pool, int) else tuple(pool) if isinstance(pool, Sequence) else ()
+    if len(cells) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells):
+        raise ValueError(f"pool must be a positive int or (rows, cols) of positive ints, got {pool!r}; e.g. pool=(1, 2).")
+    return cells  # type: ignore[return-value]
 
 
 class ConvNet(nn.Sequential):
     r"""A small ConvNet for 28×28 to 64×64 images.
 
     One stage per width: ``Conv2d(k×k, same padding) -> [BatchNorm2d] -> activation -> MaxPool2d(2)``;
-    then global average pooling to ``[batch, widths[-1]]``. Each stage halves the image, so the images
-    must be at least ``2 ** len(widths)`` pixels on a side (16 for three stages).
+    then average pooling of the last maps to a ``pool`` grid, flattened to ``[batch, widths[-1] * rows
+    * cols]``. Each stage halves the image, so the images must be at least ``2 ** len(widths)`` pixels
+    on a side (16 for three stages).
+
+    Global pooling (``pool=1``, the default) forgets *where* things are; tasks that depend on position
+    (the left and the right digit of one image, the box of an object) want a grid, e.g. ``pool=(1, 2)``
+    keeps the left and right halves apart.
     Accepts ``channels_last`` inputs and models (``model.to(memory_format=torch.channels_last)``).
 
     Args:
@@ -130,6 +143,8 @@ class ConvNet(nn.Sequential):
         norm: ``"batch"`` (default) or ``None``.
         dropout: dropout on the pooled features.
         activation: activation name (see :data:`~hydranet.models.heads.ACTIVATIONS`).
+        pool: cells of the final average pooling, ``rows`` or ``(rows, cols)``; the feature size is
+            ``widths[-1] * rows * cols``.
     """
 
     def __init__(
@@ -140,8 +155,10 @@ class ConvNet(nn.Sequential):
         norm: str | None = "batch",
         dropout: float = 0.0,
         activation: str = "relu",
+        pool: int | Sequence[int] = 1,
     ) -> None:
         _positive(in_channels, "ConvNet in_channels")
+        grid = _grid(pool)
         sizes = _widths(widths, "A ConvNet", "widths=(32, 64)")
         if not (isinstance(kernel_size, int) and kernel_size > 0 and kernel_size % 2 == 1):
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
@@ -162,10 +179,10 @@ class ConvNet(nn.Sequential):
             layers += [make_activation(activation), nn.MaxPool2d(2)]
             stages.append(nn.Sequential(*layers))
             channels = width
-        stages.append(_GlobalPool(p))
+        stages.append(_GlobalPool(p, grid))
         super().__init__(*stages)
         self.in_channels = in_channels
-        self.out_features = channels
+        self.out_features = channels * grid[0] * grid[1]
         self.min_size = 2 ** len(sizes)
 
     def forward(self, x: Tensor) -> Tensor:
