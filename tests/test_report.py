@@ -61,7 +61,10 @@ def report(tmp_path_factory):
 
 def test_report_files_exist_and_pngs_are_valid_images(report):
     names = {p.name for p in report.out_dir.iterdir()}
-    expected_pngs = {"loss.png", "metrics.png", "weights.png", "grad_norms.png", "cosines.png", "confusion_left.png", "confusion_zero.png"}
+    expected_pngs = {
+        "loss.png", "metrics.png", "weights.png", "grad_norms.png", "cosines.png", "confusion_left.png",
+        "confusion_zero.png", "comparison.png",
+    }
     assert names == expected_pngs | {"summary.md", "metrics.json", "history.json"}
     assert {p.name for p in report.figures.values()} == expected_pngs
     for name in expected_pngs:
@@ -107,6 +110,22 @@ def test_summary_shows_the_numbers(report):
     assert "![loss](loss.png)" in text
 
 
+def test_baseline_curves_are_drawn_beside_the_multi_task_ones(tmp_path):
+    single = History()
+    for e in range(1, 5):
+        single.append(EpochLog(epoch=e, metrics={"val": {"left": {"accuracy": 0.2 + 0.05 * e}}}))
+    plain = write_report(tmp_path / "plain", make_history(), tasks=TASKS, scores=SCORES, baselines=BASELINES)
+    both = write_report(
+        tmp_path / "both", make_history(), tasks=TASKS, scores=SCORES, baselines=BASELINES, baseline_histories={"left": single}
+    )
+    with Image.open(plain.figures["metrics"]) as a, Image.open(both.figures["metrics"]) as b:
+        difference = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
+    width = difference.shape[1]
+    assert difference[:, : width // 3].sum() > 0  # the 'left' panel gained a curve
+    assert difference[:, width // 3 :].sum() == 0  # the other panels are unchanged
+    assert (plain.out_dir / "comparison.png").read_bytes() == (both.out_dir / "comparison.png").read_bytes()
+
+
 def test_report_without_baselines_and_with_default_scores(tmp_path):
     history = make_history()
     report = write_report(tmp_path, history, best_epoch=2, plots=False)
@@ -124,7 +143,7 @@ def test_report_files_are_deterministic(tmp_path):
     history = History([EpochLog(1, losses={"train": {"left": 0.5}}), EpochLog(2, losses={"train": {"left": 0.4}})])
     a = write_report(tmp_path / "a", history, scores=SCORES, baselines=BASELINES)
     b = write_report(tmp_path / "b", history, scores=SCORES, baselines=BASELINES)
-    assert set(a.figures) == {"loss"}
+    assert set(a.figures) == {"loss", "comparison"}
     for name in ("summary.md", "metrics.json", "history.json", "loss.png"):
         assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
 
@@ -165,7 +184,7 @@ def test_custom_metric_direction_and_multilabel_confusion(tmp_path):
         confusion={"attrs": counts},
     )
     assert report.delta_m == pytest.approx((25.0 + 0.0) / 2)
-    assert set(report.figures) == {"confusion_attrs"}
+    assert set(report.figures) == {"confusion_attrs", "comparison"}
     with Image.open(report.figures["confusion_attrs"]) as image:
         assert image.format == "PNG"
     with pytest.raises(ValueError, match="expected \\[C, C\\]"):
