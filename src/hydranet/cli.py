@@ -2,6 +2,9 @@
 
 Exit codes: 0 success, 1 a failure while running (the message says what), 2 bad usage or a bad
 config (the message names the key and the fix).
+
+``hydranet train`` also runs under ``torchrun`` (one process per GPU, or several on the CPU), the
+other commands in one process (see :mod:`hydranet.distributed`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import sys
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+#: The commands that run under torchrun, one process per rank.
+DISTRIBUTED_COMMANDS = ("train",)
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command is None:
         parser.print_help()
+        return EXIT_USAGE
+    from hydranet.distributed import launched_world_size
+
+    processes = launched_world_size()
+    if args.command not in DISTRIBUTED_COMMANDS and processes > 1:
+        print(
+            f"hydranet {args.command} runs in a single process, but torchrun started {processes}: run it without "
+            f"torchrun (only {', '.join(f'hydranet {c}' for c in DISTRIBUTED_COMMANDS)} runs under torchrun).",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
     from hydranet.config import ConfigError

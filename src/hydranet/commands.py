@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from hydranet import distributed
 from hydranet.config import Config, ConfigError, load_config, parse_override
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
@@ -100,7 +101,16 @@ def _trainer(cfg: Config, model: torch.nn.Module, tasks: dict[str, Task], out: P
 
 
 def train(args: argparse.Namespace) -> int:
+    """Train from a config; under torchrun in the process group hydranet starts and shuts down."""
     cfg = _config(args)
+    with distributed.process_group():
+        # The run lives in its own function: its model and tensors are released when it returns,
+        # before the process group is destroyed (see hydranet.distributed).
+        _train(cfg, args)
+    return EXIT_OK
+
+
+def _train(cfg: Config, args: argparse.Namespace) -> None:
     torch.manual_seed(cfg.seed)
     train_ds = build_split(cfg, "train")
     val_ds = build_split(cfg, "val")
@@ -111,9 +121,9 @@ def train(args: argparse.Namespace) -> int:
     train_loader = make_loader(cfg, train_ds, tasks, train=True)
     val_loader = make_loader(cfg, val_ds, tasks, train=False) if val_ds is not None else None
     trainer.fit(train_loader, val_loader, epochs=cfg.trainer["epochs"], resume=args.resume)
-    trainer.report(out)
-    print(Path(out, "summary.md").read_text())
-    return EXIT_OK
+    report = trainer.report(out)
+    if distributed.is_main_process():
+        print(report.summary.read_text())
 
 
 def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLoader, dict[str, Task], MultiTaskDataset]:

@@ -23,6 +23,16 @@ batches for samplers without a state), then restores the random state of the che
 batches, dropout masks and updates are those of an uninterrupted run. Checkpoints are written to a
 temporary file in the same folder, flushed, fsynced, then renamed over the previous one, so a crash
 during a save never leaves a broken or missing checkpoint.
+
+**Distributed.** Inside a process group (``torchrun``, :func:`hydranet.distributed.process_group`) the
+model trains as DistributedDataParallel, every rank on its shard of every step. Loss weightings use
+DDP's gradient all-reduce, with a zero-valued term for the heads a rank does not use in a step (DDP's
+reducer waits for every parameter's gradient); gradient methods run inside ``no_sync()`` and
+all-reduce the task Jacobian themselves. Ranks agree every step on which tasks any of them has (one
+tiny all-reduce): the heads of tasks no rank had get no gradient, as in one process. Epoch means,
+validation losses and metrics are reduced over the ranks, so every rank monitors and stops on the same
+numbers; rank 0 alone logs and writes checkpoints and reports while the others wait, and reads the
+checkpoint to resume from for everyone. See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from hydranet import distributed
 from hydranet.balancing import Balancer, make
 from hydranet.balancing.weighting import GradNorm, did_you_mean
 from hydranet.callbacks import Callback, CallbackList
@@ -191,6 +202,23 @@ class _Means:
         start = len(prefix) + 1
         return {k[start:]: s / self.counts[k] for k, s in self.sums.items() if k.startswith(prefix + "/")}
 
+    def across_ranks(self) -> _Means:
+        """The running means over the values of every rank (this object outside a process group): what
+        one process training on the ranks' batches together would have averaged."""
+        if not distributed.is_distributed():
+            return self
+        total = distributed.sum_by_key(
+            {**{f"sum {k}": v for k, v in self.sums.items()}, **{f"count {k}": n for k, n in self.counts.items()}}
+        )
+        out = _Means()
+        for key, value in total.items():
+            kind, name = key.split(" ", 1)
+            if kind == "sum":
+                out.sums[name] = value
+            else:
+                out.counts[name] = int(value)
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "counts": dict(self.counts)}
 
@@ -242,7 +270,8 @@ class EarlyStopping:
 
 class _TaskView:
     """A loader restricted to one task: other tasks' labels and rows are dropped, batches without the
-    task are skipped. Used to train single-task baselines on the multi-task loaders."""
+    task are skipped (under DDP only those that no rank has the task in, so that all ranks skip the
+    same ones). Used to train single-task baselines on the multi-task loaders."""
 
     def __init__(self, loader: Any, task: str) -> None:
         self.loader, self.task = loader, task
@@ -261,7 +290,11 @@ class _TaskView:
         for raw in self.loader:
             batch = _as_batch(raw)
             mask = batch.masks.get(task)
-            if mask is None or not bool(mask.any()):
+            present = mask is not None and bool(mask.any())
+            if not distributed.count([present])[0]:
+                continue
+            if not present:  # other ranks have the task: this rank comes with no sample of it
+                yield Batch(_rows(batch.inputs, torch.zeros(0, dtype=torch.long)), {}, {}, None)
                 continue
             rows = mask.nonzero().squeeze(1)
             target = batch.targets[task]
@@ -287,7 +320,9 @@ class Trainer:
 
     Args:
         model: a model with the HydraNet contract: ``model(x, tasks=None, return_features=False)``,
-            ``.tasks``, ``shared_parameters()``, ``task_parameters(task)`` (or a DDP wrapper of one).
+            ``.tasks``, ``shared_parameters()``, ``task_parameters(task)``. Inside a process group of
+            several processes (``torchrun``, :mod:`hydranet.distributed`) it is wrapped in
+            DistributedDataParallel; a model wrapped already is taken as it is.
         tasks: the tasks to train (Task objects or names); default every task of the model.
         balancer: a method name for :func:`hydranet.balancing.make` (``"ew"``, ``"uw"``, ``"pcgrad"``,
             ...) or a :class:`~hydranet.balancing.Balancer`. Its learnable parameters (``uw``, ...) join
@@ -310,7 +345,8 @@ class Trainer:
         grad_clip: clip the total gradient norm of the model's parameters to this value.
         accumulate: micro-batches per optimizer step (see the module docstring).
         amp: ``None``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a GradScaler).
-        device: ``"auto"`` (CUDA when available, else CPU), or a device.
+        device: ``"auto"`` (CUDA when available, else CPU), or a device; inside a process group
+            ``"auto"`` and ``"cuda"`` mean ``cuda:LOCAL_RANK``.
         monitor: ``"val/loss"``, ``"val/delta_m"``, ``"val/<task>/<metric>"``, ``"val/<task>/loss"``,
             ``"train/loss"`` or ``"train/<task>/loss"``; default ``"val/delta_m"`` with baselines, else
             ``"val/loss"`` (``"train/loss"`` when fitting without a validation loader). It picks the best
@@ -379,11 +415,17 @@ class Trainer:
                     f"{type(core).__name__} has no {attribute!r}: the trainer needs a model with the HydraNet "
                     "contract (tasks, shared_parameters(), task_parameters(task), forward(x, tasks=...))."
                 )
-        self.model = model
         self.tasks = self._select_tasks(core.tasks, tasks)
-        self.device = self._device(device)
+        self.device = distributed.device_for(device)
         if not isinstance(model, nn.parallel.DistributedDataParallel):
-            self.model.to(self.device)
+            model.to(self.device)
+        # Inside a process group the model trains as DistributedDataParallel (a no-op alone).
+        self.model = distributed.wrap_model(model, self.device)
+        self._ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        self._unused = distributed.UnusedParameters(
+            core, core.shared_parameters(), {t: core.task_parameters(t) for t in self.tasks}
+        )
+        self._group_tasks: set[str] = set()  # under DDP: tasks some rank had since the last optimizer step
 
         _check_number("lr", lr, low=0.0, strict=True)
         _check_number("weight_decay", weight_decay, low=0.0)
@@ -499,15 +541,6 @@ class Trainer:
                 )
             chosen[name] = item if isinstance(item, Task) else model_tasks[name]
         return chosen
-
-    @staticmethod
-    def _device(device: str | torch.device) -> torch.device:
-        if isinstance(device, str) and device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:1'.") from None
 
     def _make_balancer(self, balancer: str | Balancer, options: Mapping[str, Any] | None) -> Balancer:
         if isinstance(balancer, Balancer):
@@ -723,6 +756,9 @@ class Trainer:
         epochs = self.epochs if epochs is None else epochs
         _check_int("epochs", epochs, 1)
         self.monitor = self._fit_monitor(has_val=val_loader is not None)
+        self._check_shards(train_loader, "train_loader", same_length=True)
+        if val_loader is not None:
+            self._check_shards(val_loader, "val_loader", same_length=False)
         state = self._resume_state(resume)
         if self._train_baselines and self.baselines is None and (state is None or state.get("baselines") is None):
             self.train_baselines(train_loader, val_loader, epochs=epochs)
@@ -742,6 +778,8 @@ class Trainer:
                     break
                 self.epoch = epoch
                 self._run_epoch(train_loader, val_loader, epoch, epochs, resume_at if epoch == start else None, loggers)
+                # A callback may stop one rank only: then all stop, or the others would wait for it.
+                self.should_stop = distributed.count([self.should_stop])[0] > 0
                 if self.should_stop or self.early_stopping.stopped:
                     break
             self.epoch = self.history.epochs[-1].epoch + 1 if len(self.history) else start
@@ -750,6 +788,32 @@ class Trainer:
                 log.close()
             self.callbacks.on_fit_end(self)
         return self.history
+
+    @staticmethod
+    def _check_shards(loader: Any, name: str, *, same_length: bool) -> None:
+        """Under DDP: the loader's sampler shards over all ranks, and (training) every rank runs as many
+        batches, or some rank would wait forever for the others' gradients. Every rank decides on the
+        same gathered facts, so all raise together."""
+        if not distributed.is_distributed():
+            return
+        sampler = _epoch_sampler(loader) or getattr(loader, "sampler", None)
+        facts = distributed.gather((_length(loader), getattr(sampler, "num_replicas", None)))
+        world = distributed.world_size()
+        replicas = {r for _, r in facts if r is not None}
+        if replicas and replicas != {world}:
+            raise ValueError(
+                f"The {name}'s sampler shards the data over {sorted(replicas)} replica(s), but {world} processes "
+                "train: build the samplers after the process group starts (inside hydranet.distributed."
+                "process_group()), so that they take the world size from it."
+            )
+        lengths = [n for n, _ in facts]
+        if same_length and (None in lengths or len(set(lengths)) > 1):
+            shown = ", ".join(f"rank {r}: {'no length' if n is None else n}" for r, n in enumerate(lengths))
+            raise ValueError(
+                f"Under DDP every rank must run the same number of training batches, and the {name} gives "
+                f"{shown}. Use hydranet.data.TaskBatchSampler (equal batches on every rank) or a "
+                "DistributedSampler, with a loader that has a length."
+            )
 
     def _fit_monitor(self, has_val: bool) -> str:
         """The monitored value of this fit: the one asked for, or the default given the data."""
@@ -854,21 +918,41 @@ class Trainer:
         for _ in range(skip):
             next(iterator)
         set_rng_state(resume_at["rng"])
-        means.load_state_dict(resume_at["means"])
+        if is_main_process():  # the saved means are all ranks' (see _save_mid_epoch)
+            means.load_state_dict(resume_at["means"])
         return iterator, position
 
-    def _forward(self, batch: Batch, tasks: list[str], *, features: bool = False) -> Any:
+    def _forward(self, model: nn.Module, batch: Batch, tasks: list[str], *, features: bool = False) -> Any:
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(self.amp, torch.float32), enabled=self.amp is not None):
-            return self.model(batch.inputs, tasks=tasks, return_features=features)
+            return model(batch.inputs, tasks=tasks, return_features=features)
+
+    def _agree_on_tasks(self, tasks: list[str], epoch: int, position: int) -> bool:
+        """Under DDP: whether some rank has a task in this batch (all ranks then train on it, or all skip
+        it), and which tasks some rank has (:meth:`_step` needs them). Alone: whether ``tasks`` is empty."""
+        if not self._ddp:
+            return bool(tasks)
+        counts = distributed.count([bool(tasks)] + [t in tasks for t in self.tasks])
+        world = distributed.world_size()
+        if 0 < counts[0] < world:
+            raise ValueError(
+                f"At epoch {epoch}, batch {position}, {world - counts[0]} of {world} ranks have no labelled sample "
+                f"of a trained task ({', '.join(self.tasks)}) while the others have some. Under DDP every rank "
+                "must take part in every step: use hydranet.data.TaskBatchSampler (one task per batch gives every "
+                "rank the same task; quotas give every rank every task), or make sure each rank's batch holds a "
+                "label of some trained task."
+            )
+        self._group_tasks.update(t for t, n in zip(self.tasks, counts[1:]) if n)
+        return counts[0] > 0
 
     def _train_batch(self, batch: Batch, last_in_group: bool, epoch: int, position: int) -> dict[str, Any]:
         batch = batch.to(self.device, non_blocking=True)
         tasks = [t for t in batch.tasks if t in self.tasks]
-        if not tasks:
+        if not self._agree_on_tasks(tasks, epoch, position):
             return {}
         core = _unwrap(self.model)
-        with self._sync_context(last_in_group):
-            out = self._forward(batch, tasks, features=self.balancer.requires_features)
+        synchronised = self._synchronised(last_in_group)
+        with self._sync_context(synchronised):
+            out = self._forward(self.model, batch, tasks, features=self.balancer.requires_features)
             outputs, features = out if self.balancer.requires_features else (out, None)
             if self.scaler is not None:
                 # The current loss scale as a tensor (no host sync); calling scale() also lets the
@@ -881,18 +965,28 @@ class Trainer:
             if not losses:
                 return {}
             self._check_finite(losses, epoch, position)
+            if synchronised:
+                # DDP's reducer waits for a gradient of every parameter: give the heads this rank does not
+                # use a zero one (the loss values do not change).
+                zero = self._unused.zero_term(losses)
+                if zero is not None:
+                    first = next(iter(losses))
+                    losses = {**losses, first: losses[first] + zero.to(losses[first].dtype)}
             task_params = {t: core.task_parameters(t) for t in self.tasks}
             return dict(self.balancer.backward(losses, core.shared_parameters(), task_params, features))
 
-    def _sync_context(self, last_in_group: bool) -> contextlib.AbstractContextManager[Any]:
-        """DDP: skip the gradient all-reduce when the balancer reduces itself, and on micro-batches
-        before the last of an accumulation group."""
-        model = self.model
-        if isinstance(model, nn.parallel.DistributedDataParallel) and (
-            self.balancer.handles_ddp_sync or not last_in_group
-        ):
-            return model.no_sync()
-        return contextlib.nullcontext()
+    def _synchronised(self, last_in_group: bool) -> bool:
+        """Whether DDP all-reduces the gradients of this backward pass: not outside DDP, not when the
+        balancer reduces the gradients itself (gradient methods average the task Jacobian over the ranks),
+        not on the micro-batches before the last of an accumulation group (their gradients join the
+        last one's all-reduce)."""
+        return self._ddp and last_in_group and not self.balancer.handles_ddp_sync
+
+    def _sync_context(self, synchronised: bool) -> contextlib.AbstractContextManager[Any]:
+        """``model.no_sync()`` for a DDP backward pass that must not all-reduce."""
+        if not self._ddp or synchronised:
+            return contextlib.nullcontext()
+        return self.model.no_sync()  # type: ignore[operator]
 
     def _check_finite(self, losses: Mapping[str, Tensor], epoch: int, position: int) -> None:
         values = torch.stack([v.detach().reshape(()) for v in losses.values()])
@@ -922,6 +1016,8 @@ class Trainer:
     def _step(self, micro: int) -> float | None:
         """Average the accumulated gradients, unscale (fp16), clip, step; return the pre-clip norm."""
         core = _unwrap(self.model)
+        if self._ddp:  # heads of tasks no rank had: no gradient, as in one process
+            self._unused.release(self._group_tasks)
         model_params = [p for p in core.parameters() if p.grad is not None]
         own_params = [p for p in self.balancer.parameters() if p.grad is not None]
         if not (model_params or own_params):  # no task in the whole group: nothing to update
@@ -954,6 +1050,7 @@ class Trainer:
         return norm
 
     def _after_step(self) -> None:
+        self._group_tasks.clear()
         self.optimizer.zero_grad(set_to_none=True)
         for p in self.balancer.parameters():
             p.grad = None
@@ -964,6 +1061,7 @@ class Trainer:
     def _finish_epoch(
         self, epoch: int, val_loader: Any, means: _Means, started: float, loggers: list[Any]
     ) -> None:
+        means = means.across_ranks()  # every rank logs, monitors and stops on the same numbers
         train_losses = means.mean("loss")
         values: dict[str, float] = {"train/loss": float(sum(train_losses.values()))}
         values.update({f"train/{t}/loss": v for t, v in train_losses.items()})
@@ -1031,7 +1129,11 @@ class Trainer:
     def _evaluate(
         self, loader: Iterable[Any]
     ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, np.ndarray]]:
-        """Scores, per-task losses (mean over labelled samples) and confusion matrices over ``loader``."""
+        """Scores, per-task losses (mean over labelled samples) and confusion matrices over ``loader``.
+
+        Under DDP the batches go through the module inside the wrapper: evaluation needs no gradient
+        all-reduce, so ranks may run different numbers of batches; losses and metrics are reduced over the
+        ranks at the end (collective calls: every rank evaluates)."""
         was_training = self.model.training
         self.model.eval()
         self.metrics.reset()
@@ -1044,7 +1146,7 @@ class Trainer:
                 tasks = [t for t in batch.tasks if t in self.tasks]
                 if not tasks:
                     continue
-                outputs = {t: o.float() for t, o in self._forward(batch, tasks).items()}
+                outputs = {t: o.float() for t, o in self._forward(_unwrap(self.model), batch, tasks).items()}
                 for task, value in self.loss_fn(outputs, batch.targets, batch.masks).items():
                     if task in self.tasks:
                         i = names.index(task)
@@ -1082,7 +1184,8 @@ class Trainer:
         for multiclass ``[N, C]``), or the logits with ``return_logits=True``; regression: the values
         ``[N, dim]``. The loader may yield Batches, ``(inputs, ...)`` tuples or bare input tensors.
         ``return_indices=True`` also returns the dataset indices of the rows (Batches built by
-        :class:`~hydranet.data.MultiTaskDataset` carry them), for samplers that shuffle.
+        :class:`~hydranet.data.MultiTaskDataset` carry them), for samplers that shuffle. Under DDP each
+        rank predicts its own batches (through the module inside the wrapper, no collective).
         """
         was_training = self.model.training
         self.model.eval()
@@ -1095,7 +1198,7 @@ class Trainer:
                 with torch.autocast(
                     self.device.type, dtype=_AMP_DTYPES.get(self.amp, torch.float32), enabled=self.amp is not None
                 ):
-                    outputs = self.model(inputs, tasks=names)
+                    outputs = _unwrap(self.model)(inputs, tasks=names)
                 for task in names:
                     value = outputs[task].float()
                     if not return_logits:
@@ -1172,7 +1275,7 @@ class Trainer:
                 )
             baselines[task] = {metric: float(best)}
             self.baseline_histories[task] = child.history
-            self.baseline_models[task] = child.model.cpu()  # kept to score on other data (report)
+            self.baseline_models[task] = _unwrap(child.model).cpu()  # kept to score on other data (report)
         self.baselines = self._check_baselines(baselines)
         return self.baselines
 
@@ -1239,54 +1342,83 @@ class Trainer:
             "global_step": self.global_step,
         }
 
+    def _rank_progress(self, *, epoch_start: bool) -> dict[str, Any]:
+        """Under DDP, ``{"ranks": [random states of rank 0, rank 1, ...]}`` (collective): each rank resumes
+        its own, which differ once ranks draw differently (dropout in heads of rank-dependent tasks)."""
+        if not distributed.is_distributed():
+            return {}
+        own = {"rng": rng_state(), **({"rng_epoch_start": self._rng_epoch_start} if epoch_start else {})}
+        return {"ranks": distributed.gather(own)}
+
     def _save_mid_epoch(self, epoch: int, position: int, loader: Any, means: _Means) -> None:
-        if not is_main_process():
-            return
-        sampler = _epoch_sampler(loader)
-        state = self.state_dict()
-        state["progress"] = {
-            "epoch": epoch,
-            "position": position,
-            "sampler": sampler.state_dict(position=position) if _takes_position(sampler) else None,
-            "rng_epoch_start": self._rng_epoch_start,
-            "rng": rng_state(),
-            "means": means.state_dict(),
-        }
-        save_checkpoint(state, self.checkpoint_dir / "last.pt")  # type: ignore[operator]
+        # Collectives first, on every rank; then rank 0 writes while the others wait for it. The saved
+        # means are those of all ranks, resumed by rank 0 alone (the ranks' means add up at epoch end).
+        means_state = means.across_ranks().state_dict()
+        ranks = self._rank_progress(epoch_start=True)
+
+        def write() -> None:
+            sampler = _epoch_sampler(loader)
+            state = self.state_dict()
+            state["progress"] = {
+                "epoch": epoch,
+                "position": position,
+                "sampler": sampler.state_dict(position=position) if _takes_position(sampler) else None,
+                "rng_epoch_start": self._rng_epoch_start,
+                "rng": rng_state(),
+                "means": means_state,
+                **ranks,
+            }
+            save_checkpoint(state, self.checkpoint_dir / "last.pt")  # type: ignore[operator]
+
+        distributed.on_main(write)
 
     def _save_epoch_end(self, epoch: int, improved: bool) -> None:
-        if self.checkpoint_dir is None or self.checkpoint == "none" or not is_main_process():
+        if self.checkpoint_dir is None or self.checkpoint == "none":
             return
         save_last = "last" in self.checkpoint
-        save_best = "best" in self.checkpoint and improved
+        save_best = "best" in self.checkpoint and improved  # the same on every rank (synchronised values)
         if not (save_last or save_best):
             return
-        state = self.state_dict()
-        state["progress"] = {"epoch": epoch + 1, "position": 0, "rng": rng_state()}
-        last, best = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt"
-        if save_last:
-            save_checkpoint(state, last)
-            if save_best:
-                copy_atomic(last, best)
-        elif save_best:
-            save_checkpoint(state, best)
+        ranks = self._rank_progress(epoch_start=False)
+
+        def write() -> None:
+            state = self.state_dict()
+            state["progress"] = {"epoch": epoch + 1, "position": 0, "rng": rng_state(), **ranks}
+            last, best = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt"  # type: ignore[operator]
+            if save_last:
+                save_checkpoint(state, last)
+                if save_best:
+                    copy_atomic(last, best)
+            elif save_best:
+                save_checkpoint(state, best)
+
+        distributed.on_main(write)
 
     def _resume_state(self, resume: str | Path | None) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None: start afresh), read by rank 0 and sent to every rank, so
+        that all ranks take the same decision and a folder only rank 0 can see is enough."""
         if resume is None:
             return None
+        return distributed.on_main(lambda: self._read_resume(resume))
+
+    def _read_resume(self, resume: str | Path) -> dict[str, Any] | None:
         if str(resume) == "last":
             if self.checkpoint_dir is None:
                 raise ValueError("resume='last' reads out_dir/last.pt: set out_dir=, or pass a path.")
             path = self.checkpoint_dir / "last.pt"
             if not path.is_file():
-                warnings.warn(f"No checkpoint at {path} yet: training from the start.", stacklevel=3)
+                warnings.warn(f"No checkpoint at {path} yet: training from the start.", stacklevel=6)
                 return None
         else:
             path = Path(resume)
-        state = load_checkpoint(path)
-        self._check_tasks(state, path)
+        state = self._read_checked(path)
         if "progress" not in state:
             raise ValueError(f"{path} holds weights only, no training state to resume from.")
+        return state
+
+    def _read_checked(self, path: str | Path) -> dict[str, Any]:
+        state = load_checkpoint(path)
+        self._check_tasks(state, path)
         return state
 
     def _check_tasks(self, state: Mapping[str, Any], path: Path | str) -> None:
@@ -1320,6 +1452,9 @@ class Trainer:
             self.baselines = {t: dict(v) for t, v in state["baselines"].items()}
         self.global_step = int(state["global_step"])
         progress = dict(state["progress"])
+        ranks = progress.pop("ranks", None)
+        if ranks is not None and len(ranks) == distributed.world_size():  # this rank's own random states
+            progress.update(ranks[distributed.rank()])
         self.epoch = int(progress["epoch"])
         if progress["position"] == 0:
             set_rng_state(progress["rng"])
@@ -1330,10 +1465,9 @@ class Trainer:
 
         ``weights_only=True`` loads the model weights; ``False`` also the balancer state, history,
         baselines and early-stopping record (what :meth:`report` and Δm need). To continue training
-        from a checkpoint, use ``fit(..., resume=path)``.
+        from a checkpoint, use ``fit(..., resume=path)``. Under DDP rank 0 reads the file for every rank.
         """
-        state = load_checkpoint(path)
-        self._check_tasks(state, path)
+        state = distributed.on_main(lambda: self._read_checked(path))
         _unwrap(self.model).load_state_dict(state["model"])
         if not weights_only:
             self.balancer.load_state_dict(state["balancer"])
@@ -1373,6 +1507,8 @@ class Trainer:
         Scores are the validation scores of the best epoch, or with ``test_loader`` the current model's
         scores on it; trained baselines (``baselines="train"``) are then scored on the same test data,
         so Δm compares like with like. Without either, the report holds the training curves only.
+        Under DDP every rank calls it (test scores are collective); rank 0 writes the files and every rank
+        returns its :class:`~hydranet.report.Report` once they are complete.
         """
         folder = Path(out_dir) if out_dir is not None else self.out_dir
         if folder is None:
@@ -1390,15 +1526,18 @@ class Trainer:
                 stacklevel=2,
             )
             scores = {}
-        return write_report(
-            folder,
-            self.history,
-            tasks=list(self.tasks.values()),
-            scores=scores,
-            best_epoch=self.best_epoch if has_val and self.monitor.startswith("val/") else None,
-            baselines=baselines,
-            confusion=confusion or None,
-            plots=plots,
+        return distributed.on_main(
+            lambda: write_report(
+                folder,
+                self.history,
+                tasks=list(self.tasks.values()),
+                scores=scores,
+                best_epoch=self.best_epoch if has_val and self.monitor.startswith("val/") else None,
+                baselines=baselines,
+                confusion=confusion or None,
+                plots=plots,
+                baseline_histories=self.baseline_histories,
+            )
         )
 
     def _baseline_scores(self, loader: Iterable[Any]) -> dict[str, dict[str, float]]:
