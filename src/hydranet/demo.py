@@ -13,6 +13,7 @@ left digit is a zero (``left_is_zero``, about 1 positive for 9 negatives). The d
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def run_demo(
         seed=seed,
     )
     trainer.fit(train_loader, eval_loader(val_ds), epochs=epochs)
-    result = trainer.report(Path(out), test_loader=eval_loader(test_ds))
-    print((Path(out) / "summary.md").read_text())
+    report = trainer.report(Path(out), test_loader=eval_loader(test_ds))
+    print(report.summary.read_text())
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report in {Path(out).resolve()}")
-    return result
+    return json.loads(report.metrics_json.read_text())

@@ -395,3 +395,76 @@ def test_class_names_map_through_the_sorted_vocabulary(cells):
     assert encoded.vocabulary == sorted(set(c for c in cells if c))
     decoded = [encoded.vocabulary[v] if v >= 0 else "" for v in encoded.values]
     assert decoded == cells
+
+
+# -- parts of one read, vocabularies through a checkpoint -----------------------------------------------------
+def test_split_gives_disjoint_parts_with_the_same_tasks_and_indices(tmp_path):
+    root = clothes(tmp_path / "clothes", {"black_jeans": 6, "blue_dress": 5, "red_shirt": 9})
+    ds = read_folders(root, separator="_", tasks=["color", "item"], image_size=4)
+    parts = ds.split([0.6, 0.25, 0.15], seed=3)
+    assert [len(p) for p in parts] == [12, 5, 3]
+    paths = [p for part in parts for p in part.paths]
+    assert sorted(paths) == sorted(ds.paths)  # disjoint and complete
+    for part in parts:
+        assert part.tasks == ds.tasks and part.vocabularies == ds.vocabularies and isinstance(part, type(ds))
+        truth = expected_labels(part, root)
+        assert np.array(part.vocabularies["color"])[part.labels("color")].tolist() == truth["color"]
+        np.testing.assert_array_equal(part[0][0].numpy(), ds[ds.paths.index(part.paths[0])][0].numpy())
+    assert [p.paths for p in ds.split([0.6, 0.25, 0.15], seed=3)] == [p.paths for p in parts]
+    assert [p.paths for p in ds.split([0.6, 0.25, 0.15], seed=4)] != [p.paths for p in parts]
+    picked = ds.subset([5, 0, -1])
+    assert picked.paths == [ds.paths[5], ds.paths[0], ds.paths[-1]]
+    assert picked.labels("item").tolist() == ds.labels("item")[[5, 0, -1]].tolist()
+
+
+def test_split_keeps_missing_labels_and_tabular_tensors(tmp_path):
+    rows = "".join(f"{k},{k % 3 or ''},{'ab'[k % 2]}\n" for k in range(20))
+    manifest = tmp_path / "t.csv"
+    manifest.write_text("x,score,grade\n" + rows)
+    ds = read_manifest(manifest, feature_columns=["x"], tasks={"score": "regression", "grade": "multiclass"})
+    train, test = ds.split([0.5, 0.5], seed=0)
+    assert isinstance(train.samples, torch.utils.data.TensorDataset)
+    for part in (train, test):
+        x = part.samples.tensors[0][:, 0].numpy().astype(int)
+        np.testing.assert_array_equal(part.task_indices("score"), np.flatnonzero(x % 3 != 0))
+        assert part.labels("grade").tolist() == (x % 2).tolist()
+        batch = collate(part.__getitems__(list(range(len(part)))))
+        assert batch.masks["score"].tolist() == (x % 3 != 0).tolist()
+
+
+def test_split_and_subset_errors_say_what_is_wrong(tmp_path):
+    ds = read_folders(clothes(tmp_path / "clothes"), separator="_", tasks=["color", "item"])
+    with pytest.raises(ValueError, match=r"positive shares summing to 1"):
+        ds.split([0.5, 0.4])
+    with pytest.raises(ValueError, match=r"leave part\(s\) \[1\] empty"):
+        ds.split([0.99, 0.01])
+    with pytest.raises(IndexError, match=r"\[0, 8\)"):
+        ds.subset([0, 8])
+    manifest = tmp_path / "t.csv"
+    manifest.write_text("x,score\n1,0.5\n2,\n3,\n")
+    with pytest.raises(ValueError, match=r"Task 'score' has no labelled sample"):
+        read_manifest(manifest, feature_columns=["x"], tasks={"score": "regression"}).subset([1, 2])
+
+
+def test_vocabularies_travel_in_the_checkpoint_to_the_test_split(tmp_path):
+    train = read_folders(clothes(tmp_path / "train"), separator="_", tasks=["color", "item"], image_size=8)
+    model = hn.models.HydraNet(hn.models.ConvNet(3, widths=(4,)), train.tasks)
+    trainer = hn.Trainer(model, progress=False, out_dir=tmp_path / "run", checkpoint="last", tensorboard=False)
+    trainer.fit(DataLoader(train, batch_size=4, collate_fn=collate), epochs=1)
+    saved = hn.train.load_checkpoint(tmp_path / "run" / "last.pt")["tasks"]
+    tasks = {name: hn.Task.from_dict(spec) for name, spec in saved.items()}
+    assert {name: list(t.class_names) for name, t in tasks.items()} == train.vocabularies
+
+    test_root = clothes(tmp_path / "test", {"red_shirt": 2, "blue_jeans": 1})  # black and dress are absent
+    test = read_folders(test_root, separator="_", tasks=tasks, image_size=8)
+    assert test.tasks == tasks and test.labels("color").tolist() == [1, 2, 2]
+    predictions = trainer.predict(DataLoader(test, batch_size=3, collate_fn=collate))
+    names = [tasks["color"].class_names[k] for k in predictions["color"].argmax(1).tolist()]
+    assert len(names) == 3 and set(names) <= {"black", "blue", "red"}
+
+
+def test_trained_tasks_keep_integer_class_cells_as_indices(tmp_path):
+    train = read_filenames(utkface(tmp_path / "train", list(UTK)), UTKFACE_PATTERN, tasks=UTKFACE_TASKS)
+    test = read_filenames(utkface(tmp_path / "test", list(UTK)[:2]), UTKFACE_PATTERN, tasks=train.tasks)
+    assert test.labels("race").tolist() == [UTK[Path(p).name][2] for p in test.paths]
+    assert test.tasks["gender"].class_names == ("male", "female") and test.vocabularies == {}

@@ -300,3 +300,52 @@ def test_detection_dataset_in_a_sampler_loader(tmp_path):
         assert [tuple(b.shape) for b in batch.targets["boxes"]] == [(i + 1, 4) for i in indices]
         seen += indices
     assert sorted(seen) == [0, 1, 2, 3]
+
+
+# -- bad files and Windows paths in manifests -------------------------------------------------------------
+def test_corrupt_image_in_a_manifest_named_or_skipped(tmp_path):
+    for k in range(3):
+        save_image(tmp_path / "images" / f"{k}.png", seed=k)
+    (tmp_path / "images" / "1.png").write_bytes(b"\x89PNG but cut short")
+    manifest = write(tmp_path / "m.csv", "path,color\nimages\\0.png,red\nimages\\1.png,blue\nimages\\2.png,blue\n")
+    with pytest.raises(ImageReadError, match=r"(?s)1 of 3 image files cannot be read.*images/1\.png: cannot decode"):
+        read_manifest(manifest, tasks=["color"], verify=True)
+    with pytest.warns(ReaderWarning, match=r"(?s)1 of 3 samples skipped.*images/1\.png: cannot decode"):
+        ds = read_manifest(manifest, tasks=["color"], on_error="skip")
+    assert [Path(p).name for p in ds.paths] == ["0.png", "2.png"] and ds.labels("color").tolist() == [1, 0]
+    assert [Path(s.path).name for s in ds.skipped] == ["1.png"]
+    lazy = read_manifest(manifest, tasks=["color"])
+    with pytest.raises(ImageReadError, match=r"Cannot decode image .*images/1\.png"):
+        lazy[1]
+
+
+def test_detection_csv_with_windows_separators_and_a_corrupt_image(tmp_path):
+    sizes = detection_images(tmp_path / "img")
+    (tmp_path / "img" / "c.png").write_bytes(b"not an image")
+    manifest = write(
+        tmp_path / "det.csv",
+        "path,x1,y1,x2,y2,label\n"
+        "img\\a.png,0,0,5,10,cat\n"
+        "img/a.png,1,1,2,2,cat\n"  # the same image, written with the other separator
+        "img\\b.png,,,,,dog\n"
+        "img\\c.png,1,1,2,2,dog\n",
+    )
+    with pytest.raises(ImageReadError, match=r"(?s)1 of 3 image files cannot be read.*img/c\.png"):
+        read_detection(manifest)  # the header of every image is read for its size: c.png fails at construction
+    with pytest.warns(ReaderWarning, match=r"img/c\.png: cannot decode"):
+        ds = read_detection(manifest, on_error="skip", image_size=4)
+    assert [Path(p).name for p in ds.paths] == ["a.png", "b.png"]
+    h, w = sizes["a.png"]
+    np.testing.assert_allclose(ds.labels("boxes")[0], np.array([[0, 0, 5, 10], [1, 1, 2, 2]]) / [w, h, w, h])
+    assert ds.labels("boxes")[1].shape == (0, 4)
+    batch = ds.collate_fn([ds[0], ds[1]])
+    assert [tuple(b.shape) for b in batch.targets["boxes"]] == [(2, 4), (0, 4)]
+
+
+def test_windows_absolute_paths_are_not_joined_to_the_root(tmp_path):
+    from hydranet.data.readers.tables import resolve_paths
+
+    cells = np.array(["C:\\data\\a.png", "\\\\server\\share\\b.png", "rel\\c.png", "/abs/d.png", None], dtype=object)
+    paths, empty = resolve_paths(cells, tmp_path)
+    assert paths[:4].tolist() == ["C:/data/a.png", "//server/share/b.png", f"{tmp_path}/rel/c.png", "/abs/d.png"]
+    assert empty.tolist() == [False, False, False, False, True]

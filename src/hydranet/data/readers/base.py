@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
@@ -92,6 +92,17 @@ class ImageSamples(Dataset):
         return x, labels
 
 
+def _take(samples: Dataset, index: np.ndarray, labels: Mapping[str, np.ndarray]) -> Dataset:
+    """The per-sample dataset of the rows ``index``, in the same form (so batches stay fast)."""
+    if isinstance(samples, ImageSamples):
+        paths = samples.paths
+        return ImageSamples([paths[k] for k in index], labels, samples.transform)
+    if isinstance(samples, TensorDataset):
+        rows = torch.from_numpy(index)
+        return TensorDataset(*(tensor[rows] for tensor in samples.tensors))
+    return Subset(samples, index.tolist())
+
+
 def _present(column: np.ndarray) -> np.ndarray:
     if column.dtype == object:  # ragged targets: arrays, which `==` would compare elementwise
         return np.fromiter((v is not None for v in column), dtype=bool, count=len(column))
@@ -111,7 +122,9 @@ class ReaderDataset(MultiTaskDataset):
     * ``skipped``: the files or rows left out, as ``Skipped(path, reason)``;
     * ``samples``: the per-sample dataset (an :class:`ImageSamples`, or a ``TensorDataset`` for a
       tabular manifest); ``paths``: its image files (None for tabular data);
-    * ``collate_fn``: :func:`hydranet.data.make_collate` keeping the ragged tasks (boxes) as lists.
+    * ``collate_fn``: :func:`hydranet.data.make_collate` keeping the ragged tasks (boxes) as lists;
+    * ``split([0.8, 0.2])`` and ``subset(indices)``: parts of the read with the same tasks and class
+      indices, for a layout that is not split on disk (UTKFace, one CSV).
     """
 
     vocabularies: dict[str, list[str]]
@@ -131,6 +144,7 @@ class ReaderDataset(MultiTaskDataset):
         self.vocabularies = dict(vocabularies)
         self.skipped = list(skipped)
         self._samples = samples
+        self._columns = {name: np.asarray(column) for name, column in labels.items()}
         return self
 
     @property
@@ -145,6 +159,54 @@ class ReaderDataset(MultiTaskDataset):
     @property
     def collate_fn(self) -> Callable[[Sequence[Any]], Any]:
         return make_collate([t.name for t in (self.tasks or {}).values() if t.ragged])
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ReaderDataset:
+        """The samples at ``indices`` (in that order), with this dataset's tasks and vocabularies.
+
+        A part of one read keeps its class indices, which reading each part on its own would not
+        (a part may lack a class). ``skipped`` is the read's. Raises ``ValueError`` if a task has no
+        labelled sample among ``indices``.
+        """
+        index = np.asarray(indices)
+        if index.ndim != 1 or not (index.size == 0 or np.issubdtype(index.dtype, np.integer)):
+            raise ValueError(f"indices must be a 1-d sequence of integers, got an array of shape {index.shape}.")
+        if index.size == 0:
+            raise ValueError("indices is empty: a dataset needs at least one sample.")
+        if index.min() < -len(self) or index.max() >= len(self):
+            raise IndexError(
+                f"indices must lie in [0, {len(self)}) (negative ones count from the end); "
+                f"got {index.min()}..{index.max()}."
+            )
+        index = index % len(self)
+        labels = {name: column[index] for name, column in self._columns.items()}
+        return ReaderDataset.build(
+            _take(self.samples, index, labels),
+            list((self.tasks or {}).values()),
+            labels,
+            vocabularies=self.vocabularies,
+            skipped=self.skipped,
+        )
+
+    def split(self, fractions: Sequence[float], *, seed: int = 0) -> list[ReaderDataset]:
+        """Disjoint random parts, e.g. ``train, val = ds.split([0.8, 0.2])``, sharing tasks and vocabularies.
+
+        Args:
+            fractions: the share of the samples each part gets, positive, summing to 1 (rounded part
+                sizes; the last part takes the rest).
+            seed: fixes the shuffle, so the same data and seed always give the same parts.
+        """
+        shares = np.asarray(fractions, dtype=np.float64)
+        if shares.ndim != 1 or shares.size < 1 or not np.all(shares > 0) or not np.isclose(shares.sum(), 1.0):
+            raise ValueError(f"fractions must be positive shares summing to 1, e.g. [0.8, 0.2]; got {list(fractions)}.")
+        order = np.random.default_rng(seed).permutation(len(self))
+        bounds = np.rint(np.cumsum(shares)[:-1] * len(self)).astype(np.int64)
+        parts = np.split(order, bounds)
+        empty = [k for k, part in enumerate(parts) if part.size == 0]
+        if empty:
+            raise ValueError(
+                f"fractions {list(fractions)} of {len(self)} samples leave part(s) {empty} empty; use larger shares."
+            )
+        return [self.subset(np.sort(part)) for part in parts]
 
     def save_vocabularies(self, path: str | os.PathLike[str]) -> None:
         """Write :attr:`vocabularies` as JSON, to read another split (or decode predictions) with them."""
