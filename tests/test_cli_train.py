@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from hydranet.cli import main
 
@@ -45,27 +46,26 @@ def run(*args):
     return main([str(a) for a in args])
 
 
-def test_train_then_evaluate_and_predict_from_the_best_checkpoint(config, tmp_path, capsys):
+def test_train_reports_the_best_checkpoint_on_test_then_evaluate_and_predict_agree(config, tmp_path, capsys):
     out = tmp_path / "run"
     assert run("train", config, "--out", out, "--quiet", "--set", "trainer.baselines=train") == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert set(report["tasks"]) == {"size", "kind"} and report["split"] == "val"
+    assert set(report["tasks"]) == {"size", "kind"} and report["split"] == "test"
     # Δm by its definition from the report's own scores and baselines (mae: lower is better)
     change_kind = 100 * (report["tasks"]["kind"]["accuracy"] / report["baselines"]["kind"]["accuracy"] - 1)
     change_size = -100 * (report["tasks"]["size"]["mae"] / report["baselines"]["size"]["mae"] - 1)
     assert report["delta_m"] == pytest.approx((change_kind + change_size) / 2)
     assert report["tasks"]["kind"]["accuracy"] > 0.6  # chance is about 0.375 (the majority class)
-    assert "Δm" in capsys.readouterr().out
+    assert "Scores on `test`." in capsys.readouterr().out
+    assert (out / "comparison.png").is_file()
 
-    # best.pt evaluated on val gives the report's scores
-    assert run("evaluate", config, out / "best.pt", "--split", "val", "--json") == 0
-    scores = json.loads(capsys.readouterr().out)
-    assert scores["kind"]["accuracy"] == pytest.approx(report["tasks"]["kind"]["accuracy"])
-    assert scores["size"]["mae"] == pytest.approx(report["tasks"]["size"]["mae"], rel=1e-5)
-
-    # predictions on test: one row per dataset index, in order; they reproduce evaluate's scores
+    # best.pt evaluated on test gives the report's scores (the report scored the model validation chose)
     assert run("evaluate", config, out / "best.pt", "--json") == 0
     test_scores = json.loads(capsys.readouterr().out)
+    assert test_scores["kind"]["accuracy"] == pytest.approx(report["tasks"]["kind"]["accuracy"])
+    assert test_scores["size"]["mae"] == pytest.approx(report["tasks"]["size"]["mae"], rel=1e-5)
+
+    # predictions on test: one row per dataset index, in order; they reproduce evaluate's scores
     predictions = tmp_path / "predictions.csv"
     assert run("predict", config, out / "best.pt", "--output", predictions) == 0
     with open(predictions, newline="") as handle:
@@ -77,6 +77,48 @@ def test_train_then_evaluate_and_predict_from_the_best_checkpoint(config, tmp_pa
     assert np.mean(predicted == test["kind"]) == pytest.approx(test_scores["kind"]["accuracy"])
     errors = np.abs(np.array([float(r["size"]) for r in rows]) - test["size"])
     assert errors.mean() == pytest.approx(test_scores["size"]["mae"], rel=1e-4)
+
+
+COLOURS = {"black": (20, 20, 20), "red": (220, 30, 30), "white": (235, 235, 235)}
+
+
+def write_clothes(root, folders, n, rng):
+    """``root/<color>_<item>/k.png``: jeans a tall block, shirts a wide one, in the folder's colour."""
+    for folder in folders:
+        colour, item = folder.split("_")
+        (root / folder).mkdir(parents=True)
+        for k in range(n):
+            pixels = np.full((16, 16, 3), 100.0)
+            if item == "jeans":
+                pixels[4:16, 5:11] = COLOURS[colour]
+            else:
+                pixels[2:10, 2:14] = COLOURS[colour]
+            pixels += rng.normal(0, 8, pixels.shape)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / folder / f"{k}.png")
+
+
+def test_splits_lacking_classes_keep_the_training_vocabulary(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_clothes(tmp_path / "train", ["black_jeans", "red_jeans", "white_shirt", "red_shirt", "black_shirt", "white_jeans"], 12, rng)
+    write_clothes(tmp_path / "val", ["red_jeans", "white_shirt"], 6, rng)  # no black: alone it would read 2 colours
+    write_clothes(tmp_path / "test", ["white_jeans", "red_shirt"], 6, rng)
+    source = "{source: folder, path: %s, separator: _, tasks: [color, item], image_size: [16, 16]}"
+    (tmp_path / "clothes.yaml").write_text(
+        "seed: 0\ndata:\n"
+        + "".join(f"  {split}: {source % split}\n" for split in ("train", "val", "test"))
+        + "sampler: {batch_size: 16}\nmodel:\n  backbone: {name: convnet, in_channels: 3, widths: [8, 16]}\n"
+        + "trainer: {epochs: 6, lr: 0.01, progress: false}\n"
+    )
+    out = tmp_path / "run"
+    assert run("train", tmp_path / "clothes.yaml", "--out", out, "--quiet") == 0
+    assert json.loads((out / "metrics.json").read_text())["tasks"]["color"]["accuracy"] == 1.0
+    predictions = tmp_path / "predictions.csv"
+    assert run("predict", tmp_path / "clothes.yaml", out / "best.pt", "--output", predictions) == 0
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12
+    for row in rows:  # colours decoded with the training vocabulary, matching the file's folder
+        assert row["color"] == row["path"].replace("\\", "/").split("/")[-2].split("_")[0]
 
 
 def test_resume_from_last_continues_to_the_uninterrupted_result(config, tmp_path, capsys):

@@ -61,3 +61,9 @@ def test_as_task_dict_rejects_duplicates_and_empties():
         as_task_dict([])
     with pytest.raises(TypeError, match="hydranet.Task"):
         as_task_dict(["a"])
+
+
+def test_a_task_read_back_from_its_dict_equals_the_original():
+    task = hn.Task("race", "multiclass", num_classes=3, class_names=("a", "b", "c"), metrics=["accuracy"])
+    assert hn.Task.from_dict(task.to_dict()) == task
+    assert task.class_names == ["a", "b", "c"]

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from hydranet import distributed
+from hydranet.checkpoint import load_checkpoint
 from hydranet.config import Config, ConfigError, load_config, parse_override
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
@@ -113,21 +114,25 @@ def train(args: argparse.Namespace) -> int:
 def _train(cfg: Config, args: argparse.Namespace) -> None:
     torch.manual_seed(cfg.seed)
     train_ds = build_split(cfg, "train")
-    val_ds = build_split(cfg, "val")
     tasks = _tasks_of(cfg, train_ds)
+    val_ds, test_ds = build_split(cfg, "val", tasks), build_split(cfg, "test", tasks)
     out = Path(args.out or cfg.output)
     model = build_model(cfg, tasks, _example_input(train_ds))
     trainer = _trainer(cfg, model, tasks, out, progress=not args.quiet)
     train_loader = make_loader(cfg, train_ds, tasks, train=True)
     val_loader = make_loader(cfg, val_ds, tasks, train=False) if val_ds is not None else None
     trainer.fit(train_loader, val_loader, epochs=cfg.trainer["epochs"], resume=args.resume)
-    report = trainer.report(out)
+    if test_ds is not None and trainer.best_epoch is not None and (out / "best.pt").is_file():
+        trainer.load_checkpoint(out / "best.pt")  # the test split scores the model that validation chose
+    test_loader = make_loader(cfg, test_ds, tasks, train=False) if test_ds is not None else None
+    report = trainer.report(out, test_loader=test_loader)
     if distributed.is_main_process():
         print(report.summary.read_text())
 
 
 def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLoader, dict[str, Task], MultiTaskDataset]:
-    dataset = build_split(cfg, split)
+    saved = load_checkpoint(checkpoint)["tasks"]  # the trained tasks, with their class vocabularies
+    dataset = build_split(cfg, split, {name: Task.from_dict(spec) for name, spec in saved.items()})
     if dataset is None:
         raise ConfigError(f"The config has no 'data.{split}' split to run on.")
     tasks = _tasks_of(cfg, dataset)
@@ -153,15 +158,17 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
     trainer, loader, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
-    predictions, indices = trainer.predict(loader, return_indices=True)
-    order = torch.argsort(indices)  # rows in dataset order, whatever order the sampler visited them in
-    indices = indices[order].numpy()
-    predictions = {name: values[order] for name, values in predictions.items()}
-    rows = len(indices)
+    # Every sample once, in dataset order, so that row k of the CSV is sample k whatever the data.
+    in_order = BatchSampler(SequentialSampler(range(len(dataset))), cfg.sampler["batch_size"], drop_last=False)
+    predictions = trainer.predict(DataLoader(dataset, batch_sampler=in_order, collate_fn=loader.collate_fn))
+    rows = len(dataset)
     with open(args.output, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = ["index"]
         columns: list[tuple[str, np.ndarray]] = []
+        paths = getattr(dataset, "paths", None)  # readers of image files: name the file of each row
+        if paths is not None:
+            columns.append(("path", np.asarray(paths, dtype=object)))
         for name, values in predictions.items():
             values = values.float().cpu().numpy().reshape(rows, -1)
             task = tasks[name]
@@ -177,7 +184,7 @@ def predict(args: argparse.Namespace) -> int:
         header += [c for c, _ in columns]
         writer.writerow(header)
         for i in range(rows):
-            writer.writerow([indices[i], *[c[i] for _, c in columns]])
+            writer.writerow([i, *[c[i] for _, c in columns]])
     print(f"wrote {rows} predictions for {len(predictions)} task(s) to {args.output}")
     return EXIT_OK
 

@@ -405,6 +405,7 @@ def write_report(
     title: str = "hydranet report",
     plots: bool = True,
     baseline_histories: Mapping[str, History] | None = None,
+    scores_split: str | None = None,
 ) -> Report:
     """Write plots, ``summary.md``, ``metrics.json`` and ``history.json`` into ``out_dir``.
 
@@ -415,6 +416,8 @@ def write_report(
         scores: final ``{task: {metric: value}}`` (e.g. test scores); default: the ``split`` metrics of
             ``best_epoch``, or of the last epoch that has them.
         split: the history split the default scores come from.
+        scores_split: the name of the data that explicit ``scores`` come from (e.g. ``"test"``), recorded
+            in ``metrics.json`` and the summary.
         best_epoch: the epoch kept by early stopping, marked on the curves.
         baselines: single-task scores: ``{task: value}`` of each task's main metric, or
             ``{task: {metric: value}}`` (also ``"task/metric"`` keys) for several metrics. Without
@@ -481,7 +484,7 @@ def write_report(
     metrics_json.write_text(
         _dumps(
             {
-                "split": split if source_epoch is not None else None,
+                "split": split if source_epoch is not None else scores_split,
                 "epoch": source_epoch,
                 "tasks": final,
                 "main_metrics": {t: {"name": m, "higher_is_better": _direction(t, m, overrides)} for t, m in mains.items()},
@@ -494,7 +497,10 @@ def write_report(
     )
     summary = out / "summary.md"
     summary.write_text(
-        _summary_md(title, final, mains, base, changes, dm, dm_metric, split, source_epoch, figures, overrides)
+        _summary_md(
+            title, final, mains, base, changes, dm, dm_metric, split if source_epoch is not None else scores_split,
+            source_epoch, figures, overrides,
+        )
     )
     return Report(out, summary, metrics_json, history_json, figures, dm, dm_metric)
 
@@ -507,14 +513,17 @@ def _summary_md(
     changes: Mapping[str, Mapping[str, float]],
     dm: float | None,
     dm_metric: float | None,
-    split: str,
+    split: str | None,
     epoch: int | None,
     figures: Mapping[str, Path],
     overrides: Mapping[str, Mapping[str, bool]],
 ) -> str:
     arrow = lambda t, m: "↑" if _direction(t, m, overrides) else "↓"  # noqa: E731
     lines = [f"# {title}", ""]
-    lines.append(f"Scores on `{split}` at epoch {epoch}." if epoch is not None else "Final scores.")
+    if epoch is not None:
+        lines.append(f"Scores on `{split}` at epoch {epoch}.")
+    else:
+        lines.append(f"Scores on `{split}`." if split else "Final scores.")
     if dm is not None and dm_metric is not None:
         how = "relative change averaged per task, then over tasks"
         if not math.isclose(dm, dm_metric, rel_tol=1e-12, abs_tol=1e-12):

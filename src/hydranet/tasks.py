@@ -90,6 +90,9 @@ class Task:
             )
         if self.dim is not None and (self.kind != "regression" or int(self.dim) < 1):
             raise ValueError(f"Task {self.name!r}: dim applies to regression tasks only and must be >= 1.")
+        if self.class_names is not None:
+            # one form, so that a task read back from a checkpoint or config (lists) equals the original
+            object.__setattr__(self, "class_names", list(self.class_names))
         if self.class_names is not None and len(self.class_names) != self.n_classes:
             raise ValueError(
                 f"Task {self.name!r}: {len(self.class_names)} class names for {self.n_classes} classes."

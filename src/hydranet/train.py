@@ -1424,7 +1424,8 @@ class Trainer:
     def _check_tasks(self, state: Mapping[str, Any], path: Path | str) -> None:
         saved = state.get("tasks", {})
         mine = {n: t.to_dict() for n, t in self.tasks.items()}
-        shape = lambda spec: (spec["kind"], spec["num_classes"], spec["dim"])  # noqa: E731
+        # class names too: the same number of classes in another order would decode predictions wrongly
+        shape = lambda spec: (spec["kind"], spec["num_classes"], spec["dim"], spec.get("class_names"))  # noqa: E731
         if list(saved) != list(mine) or any(shape(saved[n]) != shape(mine[n]) for n in mine):
             describe = lambda specs: ", ".join(f"{n} ({s['kind']})" for n, s in specs.items())  # noqa: E731
             raise ValueError(
@@ -1537,6 +1538,7 @@ class Trainer:
                 confusion=confusion or None,
                 plots=plots,
                 baseline_histories=self.baseline_histories,
+                scores_split="test" if test_loader is not None else None,
             )
         )
 

@@ -216,7 +216,7 @@ def test_utkface_names_give_age_gender_race(tmp_path):
     np.testing.assert_array_equal(ds.labels("gender"), [t[1] for t in truth])
     np.testing.assert_array_equal(ds.labels("race"), [t[2] for t in truth])
     assert ds.tasks["age"].kind == "regression" and ds.labels("age").dtype.kind == "f"
-    assert ds.tasks["gender"].kind == "binary" and ds.tasks["gender"].class_names == ("male", "female")
+    assert ds.tasks["gender"].kind == "binary" and ds.tasks["gender"].class_names == ["male", "female"]
     assert ds.tasks["race"].num_classes == 5 and ds.vocabularies == {}
     message = str(record[0].message)
     assert "3 of 7 samples skipped" in message
@@ -467,4 +467,4 @@ def test_trained_tasks_keep_integer_class_cells_as_indices(tmp_path):
     train = read_filenames(utkface(tmp_path / "train", list(UTK)), UTKFACE_PATTERN, tasks=UTKFACE_TASKS)
     test = read_filenames(utkface(tmp_path / "test", list(UTK)[:2]), UTKFACE_PATTERN, tasks=train.tasks)
     assert test.labels("race").tolist() == [UTK[Path(p).name][2] for p in test.paths]
-    assert test.tasks["gender"].class_names == ("male", "female") and test.vocabularies == {}
+    assert test.tasks["gender"].class_names == ["male", "female"] and test.vocabularies == {}

@@ -68,24 +68,32 @@ def build_tasks(cfg: Config, extra: Mapping[str, Task] | None = None) -> dict[st
     return tasks
 
 
-def _reader(kind: str, spec: Mapping[str, Any], cfg: Config) -> MultiTaskDataset:
+def _reader(kind: str, spec: Mapping[str, Any], cfg: Config, tasks: Mapping[str, Task] | None) -> MultiTaskDataset:
     from hydranet.data import readers
 
     options = {k: v for k, v in spec.items() if k not in ("source", "path")}
+    if tasks is not None:
+        # Another split, or a saved run, read with the training tasks: their class names fix the class
+        # indices, so a split that lacks a class (or meets them in another order) still agrees.
+        named = options.get("tasks")
+        names = list(named) if isinstance(named, (list, dict)) else list(tasks)
+        options["tasks"] = [tasks[n] for n in names if n in tasks]
     if "root" in options:
         options["root"] = cfg.resolve(options["root"])
     function = {"csv": readers.read_manifest, "folder": readers.read_folders, "filenames": readers.read_filenames}[kind]
     return function(cfg.resolve(spec["path"]), **options)
 
 
-def _shared(spec: Mapping[str, Any], cfg: Config, split: str, path: str) -> MultiTaskDataset:
+def _shared(
+    spec: Mapping[str, Any], cfg: Config, split: str, path: str, tasks: Mapping[str, Task] | None
+) -> MultiTaskDataset:
     kind = spec["source"]
     if kind == "builtin":
         from hydranet.data import builtin
 
         return builtin.load(spec["name"], split=spec.get("split", split), seed=cfg.seed, **spec.get("options", {}))
     if kind in ("csv", "folder", "filenames"):
-        return _reader(kind, spec, cfg)
+        return _reader(kind, spec, cfg, tasks)
     if kind == "npz":
         dataset, names = _npz(spec, cfg, path, list(cfg.tasks))
         return MultiTaskDataset.shared(dataset, tasks=_declared(cfg, names, path))
@@ -99,13 +107,18 @@ def _declared(cfg: Config, names: list[str], path: str) -> list[Task]:
     return [Task(name=n, **cfg.tasks[n]) for n in names]
 
 
-def build_split(cfg: Config, split: str) -> MultiTaskDataset | None:
-    """The :class:`MultiTaskDataset` of one split (``train``, ``val``, ``test``), or None if absent."""
+def build_split(cfg: Config, split: str, tasks: Mapping[str, Task] | None = None) -> MultiTaskDataset | None:
+    """The :class:`MultiTaskDataset` of one split (``train``, ``val``, ``test``), or None if absent.
+
+    ``tasks``: the tasks of the training split (or of a checkpoint). Readers that build class
+    vocabularies from the data (folder names, file names, manifests) then use the training classes
+    and their order instead of the ones this split happens to hold.
+    """
     if split not in cfg.data:
         return None
     entry = cfg.data[split]
     if "shared" in entry:
-        return _shared(entry["shared"], cfg, split, f"data.{split}")
+        return _shared(entry["shared"], cfg, split, f"data.{split}", tasks)
     parts: dict[str, Any] = {}
     for task, spec in entry["per_task"].items():
         path = f"data.{split}.{task}"
