@@ -53,13 +53,34 @@ def test_02_imbalanced(one_thread):
 
 
 def test_03_faces(one_thread):
-    out = load("03_faces").main(n=500, epochs=8)
-    assert sorted(out["skipped"]) == sorted(load("03_faces").MALFORMED)
-    chance = out["chance"]
-    for scores in out["scores"].values():
-        assert scores["gender"]["accuracy"] > chance["gender"] + 0.1
-    assert max(s["race"]["accuracy"] for s in out["scores"].values()) > chance["race"] + 0.1
-    assert min(s["age"]["mae"] for s in out["scores"].values()) < 18  # predicting the median: about 22
+    faces = load("03_faces")
+    out = faces.main(n=600, epochs=10, seeds=(0,))
+    assert sorted(out["skipped"]) == sorted(faces.MALFORMED)
+    assert list(out["runs"]) == list(faces.METHODS)
+    base = out["baseline"]
+    assert 19 < base["age"] < 25  # ages uniform in 1-90: the median is about 22 years off
+    for method, (run,) in out["runs"].items():
+        assert run.scores["age"] < 0.75 * base["age"], method
+        assert run.scores["gender"] > base["gender"] + 0.3, method
+        assert run.scores["race"] > base["race"] + 0.25, method
+    assert out["runs"]["uw"][0].weights["age"] < 0.5  # UW weighs the loss in years down
+    assert out["conclusion"].startswith("one seed only")
+    again = faces.main(n=600, epochs=10, seeds=(0,), methods=("uw",))
+    assert again["runs"]["uw"] == out["runs"]["uw"]  # same data, same seed: the same scores and weights
+
+
+def test_03_faces_conclusion_names_only_differences_beyond_the_seed_spread():
+    faces = load("03_faces")
+
+    def runs(*rows):
+        return [faces.Run(dict(zip(("age", "gender", "race"), row)), {}) for row in rows]
+
+    text = faces.conclusion({"ew": runs((5.0, 0.90, 0.90), (5.2, 0.92, 0.92)),
+                             "uw": runs((5.1, 0.91, 0.98), (5.3, 0.93, 0.99)),
+                             "db_mtl": runs((8.0, 0.91, 0.91), (8.2, 0.93, 0.92))})
+    assert "uw: race better (0.91 -> 0.985)" in text and "db_mtl: age worse (5.1 -> 8.1)" in text
+    assert "age" not in text.split("uw:")[1].split(";")[0]  # 0.1 years apart, within the spread
+    assert faces.conclusion({"ew": runs((5.0, 0.9, 0.9))}) == "one method only: nothing to compare"
 
 
 def test_04_clothes(one_thread):
