@@ -18,7 +18,8 @@ from those numbers: a difference counts only when it exceeds twice the spread ov
 
 The training setup is chosen so that the seeds agree and the comparison means something:
 
-* the age head's bias starts at the median training age. Adam moves a parameter by about ``lr`` per
+* every head's bias starts at its best constant prediction (``hn.models.init_output_bias``: the
+  age head at the median training age, the class heads at the log class frequencies). Adam moves a parameter by about ``lr`` per
   step, so a head starting at 0 spends most of a short budget climbing towards ages near 45, and how
   far it gets depends on the seed; starting at the median keeps the loss in years (the scale problem
   the balancers are meant to handle) and removes that source of noise;
@@ -52,7 +53,7 @@ from torch.utils.data import DataLoader
 
 import hydranet as hn
 from hydranet.data import readers
-from hydranet.models import ConvNet, HydraNet
+from hydranet.models import ConvNet, HydraNet, init_output_bias
 
 SKIN = [(235, 205, 180), (120, 75, 50), (215, 175, 120), (165, 110, 75), (200, 150, 150)]  # race 0-4
 #: Names that the real UTKFace holds in this form: no race field, and a race outside 0-4.
@@ -99,11 +100,11 @@ def write_faces(root: Path, n: int, seed: int) -> Path:
     return root
 
 
-def build_model(tasks: dict[str, hn.Task], median_age: float) -> HydraNet:
-    """A small ConvNet with one linear head per task; the age head starts at the median age."""
-    model = HydraNet(ConvNet(3, widths=(16, 32)), tasks)
-    with torch.no_grad():
-        model.heads["age"].bias.fill_(median_age)
+def build_model(train: readers.ReaderDataset) -> HydraNet:
+    """A small ConvNet with one linear head per task, each starting at its best constant prediction
+    (the age head at the median training age; see :func:`hydranet.models.init_output_bias`)."""
+    model = HydraNet(ConvNet(3, widths=(16, 32)), train.tasks)
+    init_output_bias(model, train)
     return model
 
 
@@ -115,7 +116,7 @@ def fit(train: readers.ReaderDataset, decoded: Sequence[Any], val: readers.Reade
     longer than the training steps of this small model. The sampler reads the labels from ``train``.
     """
     torch.manual_seed(seed)
-    model = build_model(train.tasks, float(np.median(train.labels("age"))))
+    model = build_model(train)
     loader = DataLoader(decoded, batch_sampler=hn.data.TaskBatchSampler(train, batch_size=32, seed=seed),
                         collate_fn=hn.data.collate)
     trainer = hn.Trainer(model, balancer=balancer, lr=1e-2, scheduler="cosine", progress=False, seed=seed)

@@ -20,6 +20,7 @@ from hydranet.models.backbones import BACKBONES, MLP, ConvNet, LeNet, build_back
 from hydranet.models.experts import CGC, PLE, CrossStitch, MLPExperts, MMoE, ModuleExperts
 from hydranet.models.heads import TaskDict, build_heads, make_head
 from hydranet.models.hydra import HydraNet, MultiTaskModel, UnknownTaskError, find_feature_dim
+from hydranet.models.init import init_output_bias
 from hydranet.tasks import Task
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "find_feature_dim",
     "from_timm",
     "from_torchvision",
+    "init_output_bias",
     "make_head",
 ]
 
