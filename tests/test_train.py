@@ -11,12 +11,12 @@ from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.losses import MultiTaskLoss
 from hydranet.metrics import delta_m
+from hydranet.loaders import TaskView
 from hydranet.models import MLP, HydraNet
 from hydranet.train import (
     EarlyStopping,
     NonFiniteLossError,
     Trainer,
-    _TaskView,
     is_main_process,
     load_checkpoint,
     save_checkpoint,
@@ -549,7 +549,7 @@ def test_trained_baselines_give_per_task_scores_and_delta_m(tmp_path):
         assert t.baselines[task][metric] == best and len(history) == 2
         assert set(history.at(0).losses["train"]) == {task}  # only its own task
     # one task per batch: a baseline trains on its task's batches only (6 of the 18 per epoch)
-    assert len(train_loader) == 18 and len(_TaskView(train_loader, "cls")) == 6
+    assert len(train_loader) == 18 and len(TaskView(train_loader, "cls")) == 6
     for log in t.history:
         assert log.extra["val/delta_m"] == pytest.approx(delta_m(log.metrics["val"], t.baselines))
     assert load_checkpoint(tmp_path / "last.pt")["baselines"] == t.baselines
@@ -559,11 +559,11 @@ def test_trained_baselines_give_per_task_scores_and_delta_m(tmp_path):
 
 def test_a_baseline_sees_only_its_task():
     one_per_batch = loader(split_data(32), batch_size=8)  # 4 batches per task and epoch
-    view = _TaskView(one_per_batch, "cls")
+    view = TaskView(one_per_batch, "cls")
     batches = list(view)
     assert len(view) == len(batches) == 4 and all(list(b.masks) == ["cls"] for b in batches)
     mixed = loader(split_data(32), batch_size=8, quotas={"reg": 2, "cls": 4, "bin": 2})
-    rows = [b for b in _TaskView(mixed, "cls")]
+    rows = [b for b in TaskView(mixed, "cls")]
     assert len(rows) == len(mixed) and all(len(b) == 4 and b.inputs.shape == (4, 6) for b in rows)
     assert view.batch_sampler is one_per_batch.batch_sampler  # set_epoch reaches the real sampler
 

@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import logging
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +62,8 @@ from hydranet.callbacks import Callback, CallbackList
 from hydranet.checkpoint import CHECKPOINT_FORMAT, copy_atomic, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from hydranet.data.collate import Batch
 from hydranet.distributed import is_main_process
+from hydranet.early_stopping import EarlyStopping
+from hydranet.loaders import TaskView, as_batch, epoch_sampler, inputs_of, length_of, move_to, takes_position
 from hydranet.metrics import MultiTaskMetrics, delta_m, higher_is_better, main_metric, metric_names
 from hydranet.report import CSVLogger, EpochLog, History, Report, TensorBoardLogger, write_report
 from hydranet.tasks import Task
@@ -113,62 +113,6 @@ class NonFiniteLossError(FloatingPointError):
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper."""
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def _as_batch(batch: Any) -> Batch:
-    if isinstance(batch, Batch):
-        return batch
-    if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[1], Mapping):
-        return Batch(batch[0], dict(batch[1]), dict(batch[2]))
-    raise TypeError(
-        f"The loader yields {type(batch).__name__}; the trainer needs hydranet Batch objects (or "
-        "(inputs, targets, masks) triples): use DataLoader(..., collate_fn=hydranet.data.collate)."
-    )
-
-
-def _inputs_of(batch: Any) -> Any:
-    """The model inputs of a batch: a Batch's inputs, the first item of a tuple, or the batch itself."""
-    if isinstance(batch, Batch):
-        return batch.inputs
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
-
-
-def _move(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _move(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_move(v, device) for v in value)
-    return value
-
-
-def _epoch_sampler(loader: Any) -> Any:
-    """The loader's sampler that takes ``set_epoch`` (batch sampler first), or None."""
-    for attribute in ("batch_sampler", "sampler"):
-        sampler = getattr(loader, attribute, None)
-        if sampler is not None and callable(getattr(sampler, "set_epoch", None)):
-            return sampler
-    return None
-
-
-def _takes_position(sampler: Any) -> bool:
-    """Whether the sampler saves and restores a position (``state_dict(position=...)``)."""
-    if not (callable(getattr(sampler, "state_dict", None)) and callable(getattr(sampler, "load_state_dict", None))):
-        return False
-    try:
-        return "position" in inspect.signature(sampler.state_dict).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -224,92 +168,6 @@ class _Means:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
-
-
-@dataclass
-class EarlyStopping:
-    """Patience on a monitored value.
-
-    A value improves on the best so far when it is larger by more than ``min_delta`` (``mode="max"``)
-    or smaller by more than ``min_delta`` (``"min"``); a NaN never improves. After ``patience``
-    epochs in a row without improvement, ``stopped`` becomes true (never with ``patience=None``).
-    """
-
-    mode: str
-    patience: int | None = None
-    min_delta: float = 0.0
-    best: float | None = None
-    best_epoch: int | None = None
-    wait: int = 0
-    stopped: bool = False
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record the value of ``epoch``; return whether it is a new best."""
-        value = float(value)
-        if self.best is None and math.isfinite(value):
-            better = True
-        elif self.mode == "max":
-            better = self.best is not None and value > self.best + self.min_delta
-        else:
-            better = self.best is not None and value < self.best - self.min_delta
-        if better:
-            self.best, self.best_epoch, self.wait = value, int(epoch), 0
-            return True
-        self.wait += 1
-        if self.patience is not None and self.wait >= self.patience:
-            self.stopped = True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
-        self.wait, self.stopped = int(state["wait"]), bool(state["stopped"])
-
-
-class _TaskView:
-    """A loader restricted to one task: other tasks' labels and rows are dropped, batches without the
-    task are skipped (under DDP only those that no rank has the task in, so that all ranks skip the
-    same ones). Used to train single-task baselines on the multi-task loaders."""
-
-    def __init__(self, loader: Any, task: str) -> None:
-        self.loader, self.task = loader, task
-        # set_epoch must still reach the real sampler.
-        self.batch_sampler = getattr(loader, "batch_sampler", None)
-        self.sampler = getattr(loader, "sampler", None)
-
-    def __len__(self) -> int:
-        per_task = getattr(self.batch_sampler, "batches_per_task", None)
-        if isinstance(per_task, Mapping) and self.task in per_task:
-            return int(per_task[self.task])
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Batch]:
-        task = self.task
-        for raw in self.loader:
-            batch = _as_batch(raw)
-            mask = batch.masks.get(task)
-            present = mask is not None and bool(mask.any())
-            if not distributed.count([present])[0]:
-                continue
-            if not present:  # other ranks have the task: this rank comes with no sample of it
-                yield Batch(_rows(batch.inputs, torch.zeros(0, dtype=torch.long)), {}, {}, None)
-                continue
-            rows = mask.nonzero().squeeze(1)
-            target = batch.targets[task]
-            target = [target[int(i)] for i in rows] if isinstance(target, list) else target[rows]
-            yield Batch(_rows(batch.inputs, rows), {task: target}, {task: mask[rows]}, None)
-
-
-def _rows(value: Any, rows: Tensor) -> Any:
-    if isinstance(value, Tensor):
-        return value[rows.to(value.device)]
-    if isinstance(value, Mapping):
-        return {k: _rows(v, rows) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_rows(v, rows) for v in value)
-    return value
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -796,8 +654,8 @@ class Trainer:
         same gathered facts, so all raise together."""
         if not distributed.is_distributed():
             return
-        sampler = _epoch_sampler(loader) or getattr(loader, "sampler", None)
-        facts = distributed.gather((_length(loader), getattr(sampler, "num_replicas", None)))
+        sampler = epoch_sampler(loader) or getattr(loader, "sampler", None)
+        facts = distributed.gather((length_of(loader), getattr(sampler, "num_replicas", None)))
         world = distributed.world_size()
         replicas = {r for _, r in facts if r is not None}
         if replicas and replicas != {world}:
@@ -831,7 +689,7 @@ class Trainer:
         return monitor
 
     def _steps_per_epoch(self, loader: Any) -> int | None:
-        n = _length(loader)
+        n = length_of(loader)
         return None if n is None else -(-n // self.accumulate)
 
     def _run_epoch(
@@ -848,14 +706,14 @@ class Trainer:
         self.model.train()
         means = _Means()
         iterator, position = self._epoch_iterator(loader, epoch, resume_at, means)
-        n_batches = _length(loader)
+        n_batches = length_of(loader)
         bar = self._progress_bar(n_batches, position, f"epoch {epoch + 1}/{epochs}")
         micro = 0
         try:
             for raw in iterator:
                 position += 1
                 last_in_group = micro + 1 == self.accumulate or position == n_batches
-                info = self._train_batch(_as_batch(raw), last_in_group, epoch, position)
+                info = self._train_batch(as_batch(raw), last_in_group, epoch, position)
                 micro += 1
                 for task, value in info.get("losses", {}).items():
                     means.add(f"loss/{task}", value)
@@ -896,7 +754,7 @@ class Trainer:
         self, loader: Any, epoch: int, resume_at: Mapping[str, Any] | None, means: _Means
     ) -> tuple[Iterator[Any], int]:
         """The epoch's batch iterator and the number of batches already consumed."""
-        sampler = _epoch_sampler(loader)
+        sampler = epoch_sampler(loader)
         if resume_at is None or resume_at["position"] == 0:
             if sampler is not None:
                 sampler.set_epoch(epoch)
@@ -911,7 +769,7 @@ class Trainer:
         if sampler is not None:
             sampler.set_epoch(epoch)
         skip = position
-        if resume_at.get("sampler") is not None and _takes_position(sampler):
+        if resume_at.get("sampler") is not None and takes_position(sampler):
             sampler.load_state_dict(resume_at["sampler"])
             skip = 0
         iterator = iter(loader)
@@ -1071,7 +929,7 @@ class Trainer:
         confusion: dict[str, np.ndarray] = {}
         if val_loader is not None:
             # Same validation order in an uninterrupted and a resumed run (a sampler may shuffle per epoch).
-            val_sampler = _epoch_sampler(val_loader)
+            val_sampler = epoch_sampler(val_loader)
             if val_sampler is not None:
                 val_sampler.set_epoch(epoch)
             scores, val_losses, confusion = self._evaluate(val_loader)
@@ -1142,7 +1000,7 @@ class Trainer:
         counts = torch.zeros(len(names), dtype=torch.float64, device=self.device)
         try:
             for raw in loader:
-                batch = _as_batch(raw).to(self.device, non_blocking=True)
+                batch = as_batch(raw).to(self.device, non_blocking=True)
                 tasks = [t for t in batch.tasks if t in self.tasks]
                 if not tasks:
                     continue
@@ -1194,7 +1052,7 @@ class Trainer:
         indices: list[Tensor] = []
         try:
             for raw in loader:
-                inputs = _move(_inputs_of(raw), self.device)
+                inputs = move_to(inputs_of(raw), self.device)
                 with torch.autocast(
                     self.device.type, dtype=_AMP_DTYPES.get(self.amp, torch.float32), enabled=self.amp is not None
                 ):
@@ -1265,7 +1123,7 @@ class Trainer:
             )
             if is_main_process():
                 logger.info("training the single-task baseline of %r (%s)", task, metric)
-            child.fit(_TaskView(train_loader, task), _TaskView(val_loader, task), epochs=epochs)
+            child.fit(TaskView(train_loader, task), TaskView(val_loader, task), epochs=epochs)
             best = child.early_stopping.best
             if best is None or best == 0:
                 raise ValueError(
@@ -1357,12 +1215,12 @@ class Trainer:
         ranks = self._rank_progress(epoch_start=True)
 
         def write() -> None:
-            sampler = _epoch_sampler(loader)
+            sampler = epoch_sampler(loader)
             state = self.state_dict()
             state["progress"] = {
                 "epoch": epoch,
                 "position": position,
-                "sampler": sampler.state_dict(position=position) if _takes_position(sampler) else None,
+                "sampler": sampler.state_dict(position=position) if takes_position(sampler) else None,
                 "rng_epoch_start": self._rng_epoch_start,
                 "rng": rng_state(),
                 "means": means_state,
@@ -1556,7 +1414,7 @@ class Trainer:
                 device=self.device,
                 progress=False,
             )
-            scores[task] = {metric: judge.evaluate(_TaskView(loader, task))[task][metric]}
+            scores[task] = {metric: judge.evaluate(TaskView(loader, task))[task][metric]}
             model.cpu()
         return scores
 
