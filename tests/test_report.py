@@ -272,3 +272,10 @@ def test_tensorboard_logger_writes_scalars(tmp_path):
     assert [e.step for e in accuracy] == [1, 2]
     assert [e.value for e in accuracy] == pytest.approx([0.6, 0.7])
     assert math.isclose(events.Scalars("lr")[1].value, 0.005, rel_tol=1e-6)
+
+
+def test_a_run_without_scores_says_so_instead_of_empty_tables(tmp_path):
+    history = History([EpochLog(1, losses={"train": {"left": 0.5}})])
+    text = write_report(tmp_path, history, scores={}, plots=False).summary.read_text()
+    assert "No scores: training had no validation or test data" in text
+    assert "## Main metric per task" not in text and "| task |" not in text

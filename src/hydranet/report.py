@@ -520,7 +520,12 @@ def _summary_md(
 ) -> str:
     arrow = lambda t, m: "↑" if _direction(t, m, overrides) else "↓"  # noqa: E731
     lines = [f"# {title}", ""]
-    if epoch is not None:
+    if not final:
+        lines.append(
+            "No scores: training had no validation or test data. Give the run a validation loader "
+            "(`data.val` in a config) or a test loader to score it; the curves below are the training losses."
+        )
+    elif epoch is not None:
         lines.append(f"Scores on `{split}` at epoch {epoch}.")
     else:
         lines.append(f"Scores on `{split}`." if split else "Final scores.")
@@ -529,7 +534,6 @@ def _summary_md(
         if not math.isclose(dm, dm_metric, rel_tol=1e-12, abs_tol=1e-12):
             how += f"; averaged over all metrics instead: {dm_metric:+.2f}%"
         lines += ["", f"**Δm = {dm:+.2f}%** against the single-task baselines ({how}). Positive is better."]
-    lines += ["", "## Main metric per task", ""]
 
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         aligns = ["---" if i < 2 else "---:" for i in range(len(header))]
@@ -546,9 +550,11 @@ def _summary_md(
         return cells
 
     header = ["task", "metric", "MTL"] + (["baseline", "relative change"] if base is not None else [])
-    lines += table(header, [row(t, mains[t]) for t in sorted(final)])
-    lines += ["", "## All metrics", ""]
-    lines += table(header, [row(t, m) for t in sorted(final) for m in sorted(final[t])])
+    if final:
+        lines += ["", "## Main metric per task", ""]
+        lines += table(header, [row(t, mains[t]) for t in sorted(final)])
+        lines += ["", "## All metrics", ""]
+        lines += table(header, [row(t, m) for t in sorted(final) for m in sorted(final[t])])
     if figures:
         lines += ["", "## Figures", ""]
         for name, path in figures.items():
