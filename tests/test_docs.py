@@ -13,6 +13,7 @@ PAGES = ["README.md", "docs/readers.md", "docs/samplers.md", "docs/distributed.m
 OPTIONAL = {"lightning": "import lightning"}
 
 
+@pytest.mark.filterwarnings("ignore::hydranet.data.readers.ReaderWarning")  # the readers guide shows one
 @pytest.mark.parametrize("page", PAGES)
 def test_the_code_blocks_run(page, tmp_path, monkeypatch, one_thread):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)

@@ -366,10 +366,10 @@ def test_reset_starts_over(name):
 
 
 @pytest.mark.parametrize("name", ["gradvac", "nash_mtl", "moco", "excess_mtl"])
-def test_per_task_state_refuses_a_different_number_of_tasks(name):
+def test_per_task_state_refuses_other_rows_without_a_mask(name):
     agg = build(name)
     agg(random_jacobian(0, 3, 6))
-    with pytest.raises(ValueError, match="state for 3 tasks but got a Jacobian with 2 rows.*reset"):
+    with pytest.raises(ValueError, match="state for 3 tasks but got a Jacobian with 2 rows and no present=.*reset"):
         agg(random_jacobian(1, 2, 6))
     agg.reset()
     assert agg(random_jacobian(1, 2, 6)).shape == (6,)

@@ -14,8 +14,16 @@ from hydranet.balancing import AGGREGATORS, make
 
 TASKS = ["a", "b", "c"]
 GRADIENT_METHOD = "upgrad" if "upgrad" in AGGREGATORS else "mgda"
-# (method, jacobian path); the loss weightings run with DDP's own all-reduce
-CASES = [(GRADIENT_METHOD, "vmap"), (GRADIENT_METHOD, "representation"), ("gls", None), ("uw", None)]
+# (method, jacobian path); the loss weightings run with DDP's own all-reduce. The methods with per-task
+# state are told the tasks present on any rank: rank 1 lacks task c, yet its matrix has c's row.
+CASES = [
+    (GRADIENT_METHOD, "vmap"),
+    (GRADIENT_METHOD, "representation"),
+    ("moco", "vmap"),
+    ("nash_mtl", "representation"),
+    ("gls", None),
+    ("uw", None),
+]
 
 
 class Net(torch.nn.Module):

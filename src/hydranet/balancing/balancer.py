@@ -14,7 +14,9 @@ all-reduce (the statistics the weights depend on are averaged over ranks first).
    style: :math:`P = B \cdot D`, far smaller than the backbone);
 2. optional row normalisation :math:`G_i / \lVert G_i\rVert` (``normalize=True``);
 3. under DDP, the average of :math:`G` over ranks (see below);
-4. the aggregator maps :math:`G` to one direction :math:`d`; with one task in the batch, :math:`d = G_1`;
+4. the aggregator maps :math:`G` to one direction :math:`d`, told which of the balancer's tasks the
+   rows are (``present=``, so that per-task state follows the tasks); with one task in the batch,
+   :math:`d = G_1` and the aggregator is not called;
 5. :math:`d` is added to the shared parameters' ``.grad`` (representation path: one backward pass
    through the backbone with :math:`d` as the features' gradient);
 6. the task-specific parameters receive the gradient of :math:`\sum_i L_i` (of the transformed losses
@@ -40,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from hydranet.balancing.aggregators import AGGREGATORS
+from hydranet.balancing.aggregators import AGGREGATORS, Aggregator
 from hydranet.balancing.jacobian import TaskJacobian, gather_task_columns, global_task_means, world_size
 from hydranet.balancing.weighting import (
     WEIGHTINGS,
@@ -97,7 +99,9 @@ class Balancer:
 
     Build one with :func:`make`. Args:
         method: a :class:`~hydranet.balancing.weighting.Weighting` instance, or an aggregator (a callable
-            ``G [k, P] -> [P]``, optionally with ``weights(G) -> [k]``).
+            ``G [k, P] -> [P]``, optionally with ``weights(G) -> [k]``). An
+            :class:`~hydranet.balancing.aggregators.Aggregator` is also passed ``present=``, the mask of
+            the balancer's tasks that the rows are.
         tasks: task names or :class:`~hydranet.Task` objects, in a fixed order.
         jacobian: ``"auto"`` (``"vmap"`` with a fallback to ``"loop"``), ``"loop"``, ``"vmap"`` or
             ``"representation"`` (gradient methods only).
@@ -327,16 +331,20 @@ class Balancer:
             return method.aggregate(matrix, present)
         if matrix.shape[0] == 1:
             return matrix[0], torch.ones(1, dtype=torch.float64)
+        tasks: dict[str, Tensor] = {}
+        if isinstance(method, Aggregator):  # per-task state follows the tasks, not the row positions
+            tasks["present"] = torch.zeros(len(self.task_names), dtype=torch.bool)
+            tasks["present"][present] = True
         weigh = getattr(method, "weights", None)
         if callable(weigh):
-            weights = torch.as_tensor(weigh(matrix))
+            weights = torch.as_tensor(weigh(matrix, **tasks))
             if weights.shape != (matrix.shape[0],):
                 raise ValueError(
                     f"{self.name}.weights(G) returned shape {list(weights.shape)} for {matrix.shape[0]} tasks."
                 )
             weights = weights.to(device=matrix.device, dtype=matrix.dtype)
             return weights @ matrix, weights.detach().to("cpu", torch.float64)
-        update = method(matrix)
+        update = method(matrix, **tasks)
         if not isinstance(update, Tensor) or update.shape != (matrix.shape[1],):
             shape = list(update.shape) if isinstance(update, Tensor) else type(update).__name__
             raise ValueError(

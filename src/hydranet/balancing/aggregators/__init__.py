@@ -26,7 +26,9 @@ name             class                                    scale of the update
 ``excess_mtl``   :class:`ExcessMTL`                       weights sum to T
 ===============  ======================================  =================================================
 
-Every constructor works without arguments and takes ``normalize=False`` (unit-norm rows first). Each
+Every constructor works without arguments and takes ``normalize=False`` (unit-norm rows first).
+When the rows are only some of the tasks, ``agg(G, present=mask)`` says which (the methods with
+per-task state, GradVac, Nash-MTL, MoCo and ExcessMTL, then update the present tasks' state only). Each
 class's docstring gives the formula, the guarantee, the state and the cost; ``docs/aggregators.md``
 compares them.
 """
@@ -38,7 +40,15 @@ import inspect
 from typing import Any
 
 from hydranet.balancing.aggregators.bargaining import FairGrad, NashMTL
-from hydranet.balancing.aggregators.base import Aggregator, Randomized, WeightedAggregator, check_matrix, gram
+from hydranet.balancing.aggregators.base import (
+    Aggregator,
+    Present,
+    Randomized,
+    TaskRows,
+    WeightedAggregator,
+    check_matrix,
+    gram,
+)
 from hydranet.balancing.aggregators.basic import Mean, Sum
 from hydranet.balancing.aggregators.equalizing import IMTLG, AlignedMTL, ConFIG
 from hydranet.balancing.aggregators.pareto import MGDA, CAGrad, DualProj, UPGrad
@@ -109,8 +119,10 @@ __all__ = [
     "MoCo",
     "NashMTL",
     "PCGrad",
+    "Present",
     "Randomized",
     "Sum",
+    "TaskRows",
     "UPGrad",
     "WeightedAggregator",
     "check_matrix",

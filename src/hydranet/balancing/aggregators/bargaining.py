@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import WeightedAggregator, restored, saved
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, restored, saved
 from hydranet.balancing.aggregators.solvers import power_fixed_point
 
 
@@ -34,9 +35,18 @@ class NashMTL(WeightedAggregator):
     (:math:`d(cG) = d(G)`); then, as in the authors' training code, :math:`d` is clipped to norm
     ``max_norm`` (default 1.0; ``None`` keeps :math:`\sqrt T`).
 
-    State: the last :math:`\alpha` (``alpha``; it warm-starts the next solve) and the step counter; with
-    ``update_weights_every=k`` the weights are recomputed every :math:`k` calls and reused in between (the
-    paper's speed-up). Cost: :math:`O(T^2P)` plus a few :math:`T\times T` Newton steps.
+    State: the last :math:`\alpha` (``alpha``; it warm-starts the next solve), the tasks of the last solve
+    and the step counter; with ``update_weights_every=k`` the weights are recomputed every :math:`k` calls
+    and reused in between (the paper's speed-up). Cost: :math:`O(T^2P)` plus a few :math:`T\times T` Newton steps.
+
+    Some tasks present (``present=``, the set :math:`S`): the bargaining problem of the present tasks,
+    :math:`K_{SS}\,\alpha_S = 1/\alpha_S` with :math:`K_{SS}` the Gram matrix of the :math:`|S|` rows,
+    warm-started from the present tasks' previous :math:`\alpha_S` (a cold start when one of them was
+    never solved); the absent tasks keep their :math:`\alpha`. The solve is exact (to the solver's
+    :math:`10^{-12}` tolerance), so the warm start only saves work: the weights are those of the
+    sub-problem, :math:`\lVert d\rVert = \sqrt{|S|}` before clipping. With ``update_weights_every``
+    :math:`> 1` the weights are reused only while the present tasks are those of the last solve; another
+    set is solved at once.
 
     Args:
         max_norm: clip the update to this norm (> 0), or ``None``.
@@ -52,30 +62,41 @@ class NashMTL(WeightedAggregator):
             raise ValueError(f"NashMTL update_weights_every must be an integer >= 1, got {update_weights_every!r}.")
         self.max_norm = None if max_norm is None else float(max_norm)
         self.update_weights_every = update_weights_every
-        self.alpha: np.ndarray | None = None
-        self.step = 0
+        self.reset()
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
-        self._check_rows(gramian.shape[0], None if self.alpha is None else self.alpha.shape[0])
-        if self.alpha is None or self.step % self.update_weights_every == 0:
-            self.alpha = power_fixed_point(gramian, 1.0, start=self.alpha)
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        self._check_tasks(tasks, None if self.alpha is None else self.alpha.shape[0])
+        if self.alpha is None:
+            self.alpha = np.full(tasks.total, np.nan)  # NaN: never solved (the solver then starts cold)
+        present = np.zeros(tasks.total, dtype=bool)
+        present[tasks.index] = True
+        if self.solved is None or not np.array_equal(present, self.solved) or self.step % self.update_weights_every == 0:
+            self.alpha[tasks.index] = power_fixed_point(gramian, 1.0, start=self.alpha[tasks.index])
+            self.solved = present
         self.step += 1
-        weights = self.alpha.copy()
+        weights = self.alpha[tasks.index]
         norm = np.sqrt(max(float(weights @ gramian @ weights), 0.0))
         if self.max_norm is not None and norm > self.max_norm:
             weights *= self.max_norm / norm
         return weights
 
     def reset(self) -> None:
-        self.alpha = None
+        self.alpha: np.ndarray | None = None
+        self.solved: np.ndarray | None = None  # the tasks of the last solve (a boolean mask)
         self.step = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": saved(self.alpha), "step": self.step}
+        solved = None if self.solved is None else torch.tensor(self.solved)
+        return {"alpha": saved(self.alpha), "solved": solved, "step": self.step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.alpha = restored(state["alpha"])
         self.step = int(state["step"])
+        if "solved" in state:
+            solved = state["solved"]
+            self.solved = None if solved is None else torch.as_tensor(solved, dtype=torch.bool).numpy().copy()
+        else:  # a checkpoint from before the solved-task mask: every solve had all the tasks
+            self.solved = None if self.alpha is None else np.ones(self.alpha.shape[0], dtype=bool)
 
 
 class FairGrad(WeightedAggregator):
@@ -108,5 +129,5 @@ class FairGrad(WeightedAggregator):
             )
         self.alpha = float(alpha)
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return power_fixed_point(gramian, self.alpha)

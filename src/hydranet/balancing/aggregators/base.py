@@ -18,13 +18,22 @@ Stateful methods (EMA targets, tracked gradients, warm starts) keep their state 
 ``reset()`` forgets it, ``state_dict()`` / ``load_state_dict()`` save and restore it. Each call of
 ``agg(G)`` or ``agg.weights(G)`` is one step of such a method. Randomised methods draw from a
 ``torch.Generator`` seeded by ``seed`` (or the one given), so a run is reproducible and resumable.
+
+Methods with *per-task* state (GradVac, Nash-MTL, MoCo, ExcessMTL) keep it for a fixed list of
+:math:`T` tasks. When a batch has gradients for only some of them, ``agg(G, present=mask)`` says
+which: ``mask`` has :math:`T` booleans, true for the :math:`k` tasks whose gradients are the rows of
+:math:`G` (in order). Such a method then takes one step of its update restricted to the present
+tasks :math:`S` and leaves the state of the absent tasks as it is (each docstring gives the step);
+with every task present the step is exactly the one of ``agg(G)``. Methods without per-task state
+ignore the mask. Hooks receive the rows' tasks as a :class:`TaskRows`.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,8 +61,49 @@ def precision(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
+#: A mask of the tasks whose gradients are the rows of a Jacobian (see :meth:`Aggregator.__call__`).
+Present = Sequence[bool] | np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """Which tasks the rows of a Jacobian are: row ``j`` holds the gradient of task ``index[j]`` of
+    ``total`` (``index`` increasing)."""
+
+    index: np.ndarray
+    total: int
+
+    @property
+    def complete(self) -> bool:
+        """True when every task has a row."""
+        return self.index.size == self.total
+
+
+def task_rows(present: Present | None, rows: int, name: str = "Aggregator") -> TaskRows:
+    """The :class:`TaskRows` of a Jacobian with ``rows`` rows described by the mask ``present``
+    (``None``: the rows are all the tasks), with an error saying what does not fit."""
+    if present is None:
+        return TaskRows(np.arange(rows), rows)
+    mask = present.detach().cpu().numpy() if isinstance(present, Tensor) else np.asarray(present)
+    if mask.dtype != np.bool_ or mask.ndim != 1:
+        got = f"dtype {mask.dtype}" if mask.dtype != np.bool_ else f"shape {list(mask.shape)}"
+        raise TypeError(
+            f"{name} expects present= as a 1-D boolean mask of the tasks (true for the tasks whose gradients "
+            f"are the rows, in order), got {got}. From the indices idx of the present tasks among T: "
+            "mask = torch.zeros(T, dtype=torch.bool); mask[idx] = True."
+        )
+    index = np.flatnonzero(mask)
+    if index.size != rows:
+        raise ValueError(
+            f"{name} got present= marking {index.size} of {mask.size} tasks but a Jacobian with {rows} rows: "
+            "mark exactly the tasks whose gradients are the rows."
+        )
+    return TaskRows(index, int(mask.size))
+
+
 class Aggregator(ABC):
-    """Maps a task Jacobian ``G [T, P]`` to one update vector ``[P]``: ``agg(G)``.
+    """Maps a task Jacobian ``G [k, P]`` to one update vector ``[P]``: ``agg(G)``, or
+    ``agg(G, present=mask)`` when the rows are some of the tasks.
 
     Args:
         normalize: divide each task's gradient by its norm before aggregating (zero rows stay zero),
@@ -66,11 +116,18 @@ class Aggregator(ABC):
         self.normalize = normalize
 
     # -- public API -------------------------------------------------------------------------------
-    def __call__(self, matrix: Tensor) -> Tensor:
-        """The update ``[P]`` for the task Jacobian ``matrix [T, P]``, in its dtype and on its device."""
+    def __call__(self, matrix: Tensor, *, present: Present | None = None) -> Tensor:
+        """The update ``[P]`` for the task Jacobian ``matrix [k, P]``, in its dtype and on its device.
+
+        Args:
+            matrix: one row per task: the flattened gradient of its loss.
+            present: a boolean mask of all ``T`` tasks, true for the ``k`` tasks whose gradients are the
+                rows (in order); ``None``: the rows are all the tasks. Only methods with per-task state
+                read it (their state follows the tasks, not the row positions).
+        """
         with torch.no_grad():
             rows, _ = self._prepare(matrix)
-            return self._aggregate(rows).to(matrix.dtype)
+            return self._aggregate(rows, task_rows(present, rows.shape[0], type(self).__name__)).to(matrix.dtype)
 
     def reset(self) -> None:
         """Forget the state gathered by earlier calls (no-op for stateless methods)."""
@@ -96,8 +153,9 @@ class Aggregator(ABC):
 
     # -- for subclasses ---------------------------------------------------------------------------
     @abstractmethod
-    def _aggregate(self, matrix: Tensor) -> Tensor:
-        """The update for the validated (and, with ``normalize``, row-normalised) ``matrix``."""
+    def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
+        """The update for the validated (and, with ``normalize``, row-normalised) ``matrix`` whose rows
+        are the tasks ``tasks`` (methods without per-task state do not need to know which)."""
 
     def _prepare(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
         """``(rows to aggregate, row scale)``: with ``normalize`` the rows are ``G_i / |G_i|`` and the
@@ -112,15 +170,21 @@ class Aggregator(ABC):
         scale = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
         return matrix * scale.unsqueeze(1), scale
 
-    def _check_rows(self, rows: int, expected: int | None) -> None:
-        """Stateful methods track one fixed list of tasks: the row count must not change."""
-        if expected is not None and rows != expected:
-            raise ValueError(
-                f"{type(self).__name__} keeps per-task state for {expected} tasks but got a Jacobian with {rows} "
-                "rows. Its state follows the tasks row by row, so every call needs the same tasks in the same "
-                "order: use mixed batches that label every task (or a stateless aggregator), or call reset() "
-                "to start over with the new tasks."
-            )
+    def _check_tasks(self, tasks: TaskRows, tracked: int | None) -> None:
+        """Methods with per-task state track one fixed list of ``tracked`` tasks (``None``: no state yet)."""
+        if tracked is None or tasks.total == tracked:
+            return
+        if tasks.complete:
+            got = f"a Jacobian with {tasks.total} rows and no present= mask"
+            fix = "pass present= (a mask of the tasks the rows are, as the Balancer does)"
+        else:
+            got = f"a present= mask of {tasks.total} tasks"
+            fix = f"pass a mask of all {tracked} tasks"
+        raise ValueError(
+            f"{type(self).__name__} keeps per-task state for {tracked} tasks but got {got}. Its state follows "
+            f"the tasks, so every call must describe the same task list: {fix}, or call reset() to start "
+            "over with other tasks."
+        )
 
 
 class WeightedAggregator(Aggregator):
@@ -135,20 +199,22 @@ class WeightedAggregator(Aggregator):
     #: Whether ``_weights`` reads the Gram matrix (the baselines do not).
     uses_gram: ClassVar[bool] = True
 
-    def weights(self, matrix: Tensor) -> Tensor:
-        """The weights ``[T]`` such that ``weights @ G`` is the update, in ``G``'s dtype and on its device."""
+    def weights(self, matrix: Tensor, *, present: Present | None = None) -> Tensor:
+        """The weights ``[k]`` such that ``weights @ G`` is the update, in ``G``'s dtype and on its device
+        (``present``: as for :meth:`~Aggregator.__call__`)."""
         with torch.no_grad():
             rows, scale = self._prepare(matrix)
-            w = self._weights(rows, gram(rows) if self.uses_gram else None)
+            tasks = task_rows(present, rows.shape[0], type(self).__name__)
+            w = self._weights(rows, gram(rows) if self.uses_gram else None, tasks)
             return (torch.as_tensor(w, device=matrix.device) * scale.to(torch.float64)).to(matrix.dtype)
 
-    def _aggregate(self, matrix: Tensor) -> Tensor:
-        w = self._weights(matrix, gram(matrix) if self.uses_gram else None)
+    def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
+        w = self._weights(matrix, gram(matrix) if self.uses_gram else None, tasks)
         return torch.as_tensor(w, dtype=matrix.dtype, device=matrix.device) @ matrix
 
     @abstractmethod
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
-        """Float64 weights of the rows of ``matrix`` whose Gram matrix is ``gramian``."""
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        """Float64 weights of the rows of ``matrix`` (the tasks ``tasks``) whose Gram matrix is ``gramian``."""
 
 
 class Randomized:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import WeightedAggregator
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator
 
 
 class Mean(WeightedAggregator):
@@ -16,7 +16,7 @@ class Mean(WeightedAggregator):
 
     uses_gram = False
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return np.full(matrix.shape[0], 1.0 / matrix.shape[0])
 
 
@@ -28,5 +28,5 @@ class Sum(WeightedAggregator):
 
     uses_gram = False
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return np.ones(matrix.shape[0])

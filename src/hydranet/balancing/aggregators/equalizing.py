@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import WeightedAggregator, precision
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
 
 
 class IMTLG(WeightedAggregator):
@@ -29,7 +29,7 @@ class IMTLG(WeightedAggregator):
     Cost: :math:`O(T^2P + T^3)`.
     """
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         out = np.zeros(gramian.shape[0])
         live = np.flatnonzero(np.diag(gramian) > 0)
         if live.size == 0:
@@ -77,7 +77,7 @@ class AlignedMTL(WeightedAggregator):
             raise ValueError(f"AlignedMTL scale_mode must be one of {', '.join(self.SCALE_MODES)}, got {scale_mode!r}.")
         self.scale_mode = scale_mode
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         values, vectors = np.linalg.eigh(gramian)
         largest = float(values.max())
@@ -110,7 +110,7 @@ class ConFIG(WeightedAggregator):
     :math:`O(T^2P + T^3)`.
     """
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
         inverse = np.divide(1.0, norms, out=np.zeros(size), where=norms > 0)

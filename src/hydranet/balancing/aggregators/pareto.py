@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import WeightedAggregator
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator
 from hydranet.balancing.aggregators.solvers import dual_cone_weights, min_norm_simplex
 
 
@@ -31,7 +31,7 @@ class MGDA(WeightedAggregator):
     :math:`O(T^2P + T^3)`.
     """
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return min_norm_simplex(gramian)
 
 
@@ -51,7 +51,7 @@ class UPGrad(WeightedAggregator):
     Stateless. Cost: :math:`O(T^2P)` plus :math:`T` NNLS problems of size :math:`T`.
     """
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         return dual_cone_weights(gramian, np.eye(size)).mean(axis=0)
 
@@ -66,7 +66,7 @@ class DualProj(WeightedAggregator):
     NNLS problem of size :math:`T`.
     """
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         return dual_cone_weights(gramian, np.full((1, size), 1.0 / size))[0]
 
@@ -111,7 +111,7 @@ class CAGrad(WeightedAggregator):
         self.c = float(c)
         self.rescale = int(rescale)
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
         weights = np.full(size, 1.0 / size)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import Aggregator, Randomized, WeightedAggregator, restored, saved
+from hydranet.balancing.aggregators.base import Aggregator, Randomized, TaskRows, WeightedAggregator, restored, saved
 
 
 def _other_tasks_in_random_order(method: Randomized, size: int) -> np.ndarray:
@@ -51,7 +51,7 @@ class PCGrad(Randomized, WeightedAggregator):
         super().__init__(normalize=normalize)
         self._init_random(seed, generator)
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         coef = np.eye(size)
         if size == 1:
@@ -97,6 +97,12 @@ class GradVac(Randomized, WeightedAggregator):
     :math:`10^{-2}`. The paper also applies the rule per layer or per parameter block; here it acts on
     whole Jacobian rows (the whole-model variant). Cost: :math:`O(T^2P + T^3)`.
 
+    Some tasks present (``present=``, the set :math:`S` of :math:`k \ge 2` tasks): the step above on the
+    :math:`k` rows, with the :math:`k\times k` targets :math:`(\hat\phi_{ij})_{i,j\in S}` and one draw of
+    :math:`k` visiting orders, i.e. the method on the sub-problem of the present tasks. Only the targets
+    of pairs of present tasks move; a pair with an absent task keeps its target. With one task,
+    :math:`d = g` and nothing changes (no draw either).
+
     Args:
         beta: EMA rate of the target cosines, in (0, 1].
         seed, generator, normalize: as for :class:`PCGrad`.
@@ -120,14 +126,16 @@ class GradVac(Randomized, WeightedAggregator):
         self._init_random(seed, generator)
         self.targets: np.ndarray | None = None
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        self._check_rows(size, None if self.targets is None else self.targets.shape[0])
+        self._check_tasks(tasks, None if self.targets is None else self.targets.shape[0])
         if self.targets is None:
-            self.targets = np.zeros((size, size))
+            self.targets = np.zeros((tasks.total, tasks.total))
         coef = np.eye(size)
         if size == 1:
             return coef.sum(axis=0)
+        pairs = np.ix_(tasks.index, tasks.index)
+        targets = self.targets[pairs]
         order = _other_tasks_in_random_order(self, size)
         rows = np.arange(size)
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
@@ -138,12 +146,13 @@ class GradVac(Randomized, WeightedAggregator):
             seen = (own > 0) & (norms[other] > 0)
             cosine = np.zeros(size)
             cosine[seen] = np.clip(dots[seen] / (own[seen] * norms[other][seen]), -1.0, 1.0)
-            target = self.targets[rows, other]
+            target = targets[rows, other]
             hit = seen & (cosine < target)
             room = np.sqrt(np.clip(1.0 - target**2, 1e-12, None))
             factor = own * (target * np.sqrt(1.0 - cosine**2) - cosine * room) / (np.where(hit, norms[other], 1.0) * room)
             coef[rows[hit], other[hit]] += factor[hit]
-            self.targets[rows[seen], other[seen]] = (1.0 - self.beta) * target[seen] + self.beta * cosine[seen]
+            targets[rows[seen], other[seen]] = (1.0 - self.beta) * target[seen] + self.beta * cosine[seen]
+        self.targets[pairs] = targets
         return coef.sum(axis=0)
 
     def reset(self) -> None:
@@ -195,7 +204,7 @@ class GradDrop(Randomized, Aggregator):
         self.leak = float(leak)
         self._init_random(seed, generator)
 
-    def _aggregate(self, matrix: Tensor) -> Tensor:
+    def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
         ones = matrix.new_ones(matrix.shape[0])
         total, magnitude = ones @ matrix, ones @ matrix.abs()  # column sums as products: contiguous reads
         purity = 0.5 * (1.0 + total / torch.where(magnitude > 0, magnitude, 1.0))

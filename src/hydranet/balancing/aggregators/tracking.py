@@ -1,7 +1,8 @@
 r"""Methods that learn across steps: MoCo (tracked gradients) and ExcessMTL (excess-risk weights).
 
-Both keep ``[T, P]`` state on :math:`G`'s device, so they expect the same tasks (rows) and the same
-parameters (columns) at every call; ``reset()`` starts over.
+Both keep ``[T, P]`` state on :math:`G`'s device for a fixed list of tasks and parameters: a batch
+with only some of the tasks passes ``present=`` (their state alone moves), a change of the
+parameters (columns) is an error; ``reset()`` starts over.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import Aggregator, WeightedAggregator, gram, restored, saved
+from hydranet.balancing.aggregators.base import Aggregator, TaskRows, WeightedAggregator, gram, restored, saved
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -56,7 +57,23 @@ class MoCo(_ColumnState, Aggregator):
 
     Scale: a **convex combination** of the tracked gradients (weights ``lambdas`` sum to 1). Not a weighting
     of the current :math:`G`'s rows (:math:`Y` mixes past Jacobians). State: :math:`Y` (``[T, P]``, on
-    :math:`G`'s device), :math:`\lambda`, :math:`k`. Cost: :math:`O(T^2P)` per step.
+    :math:`G`'s device), :math:`\lambda`, :math:`k` and the per-task counts :math:`n_i`. Cost:
+    :math:`O(T^2P)` per step.
+
+    Some tasks present (``present=``, the set :math:`S`): each task's tracker follows its own
+    observations, and the weights take one step on the simplex :math:`\Delta_S` of the present tasks,
+    from their previous weights renormalised by their mass :math:`m = \sum_{i\in S}\lambda_i`:
+
+    .. math::  n_i \leftarrow n_i + 1,\quad Y_i \leftarrow Y_i - \frac{\beta}{n_i^{\sigma_\beta}}(Y_i - g_i)
+               \quad(i \in S),\qquad
+               \mu = \Pi_{\Delta_S}\big(\tilde\lambda - \gamma_k (Y_SY_S^\top + \rho I)\tilde\lambda\big),
+               \quad \tilde\lambda = \lambda_S / m,\qquad d = Y_S^\top\mu,\qquad \lambda_S \leftarrow m\,\mu
+
+    (:math:`k` counts every step; :math:`n_i = k` while every task is present, and :math:`m = 1`
+    then, which gives the step above). The absent tasks' :math:`Y_i`, :math:`n_i`, :math:`\lambda_i`
+    do not change, and :math:`\lambda` stays on :math:`\Delta_T`. A run in which some tasks are never
+    present is the method on the other tasks (up to rounding). If the present tasks have no weight
+    (:math:`m = 0`), :math:`\tilde\lambda` is uniform and :math:`\lambda` keeps its value.
 
     Args:
         beta, beta_sigma: tracking rate :math:`\beta \in (0, 1]` and its decay exponent (>= 0).
@@ -86,29 +103,38 @@ class MoCo(_ColumnState, Aggregator):
         self.rho = float(rho)
         self.reset()
 
-    def _aggregate(self, matrix: Tensor) -> Tensor:
-        self._check_rows(matrix.shape[0], None if self.lambdas is None else self.lambdas.shape[0])
+    def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
+        self._check_tasks(tasks, None if self.lambdas is None else self.lambdas.shape[0])
         self._check_columns(self.tracked, matrix)
         if self.tracked is None:
-            self.tracked = torch.zeros_like(matrix)
-            self.lambdas = np.full(matrix.shape[0], 1.0 / matrix.shape[0])
+            self.tracked = matrix.new_zeros(tasks.total, matrix.shape[1])
+            self.lambdas = np.full(tasks.total, 1.0 / tasks.total)
+            self.task_steps = np.zeros(tasks.total, dtype=np.int64)
         self.step += 1
-        beta = self.beta / self.step**self.beta_sigma
+        self.task_steps[tasks.index] += 1
+        rates = [self.beta / int(n) ** self.beta_sigma for n in self.task_steps[tasks.index]]
         gamma = self.gamma / self.step**self.gamma_sigma
+        rows = torch.as_tensor(tasks.index, device=matrix.device)
         self.tracked = self.tracked.to(matrix.device, matrix.dtype)
-        self.tracked.lerp_(matrix, beta)
-        regularised = gram(self.tracked) + self.rho * np.eye(matrix.shape[0])
-        self.lambdas = project_simplex(self.lambdas - gamma * regularised @ self.lambdas)
-        return torch.as_tensor(self.lambdas, dtype=matrix.dtype, device=matrix.device) @ self.tracked
+        tracked = self.tracked[rows].lerp_(matrix, torch.tensor(rates, dtype=matrix.dtype, device=matrix.device)[:, None])
+        self.tracked[rows] = tracked
+        mass = 1.0 if tasks.complete else float(self.lambdas[tasks.index].sum())
+        start = self.lambdas[tasks.index] / mass if mass > 0 else np.full(tasks.index.size, 1.0 / tasks.index.size)
+        regularised = gram(tracked) + self.rho * np.eye(tasks.index.size)
+        weights = project_simplex(start - gamma * regularised @ start)
+        self.lambdas[tasks.index] = mass * weights
+        return torch.as_tensor(weights, dtype=matrix.dtype, device=matrix.device) @ tracked
 
     def reset(self) -> None:
         self.step = 0
         self.tracked: Tensor | None = None
         self.lambdas: np.ndarray | None = None
+        self.task_steps: np.ndarray | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "task_steps": None if self.task_steps is None else torch.tensor(self.task_steps),
             "tracked": None if self.tracked is None else self.tracked.clone(),
             "lambdas": saved(self.lambdas),
         }
@@ -117,6 +143,11 @@ class MoCo(_ColumnState, Aggregator):
         self.step = int(state["step"])
         self.tracked = None if state["tracked"] is None else state["tracked"].clone()
         self.lambdas = restored(state["lambdas"])
+        if "task_steps" in state:
+            steps = state["task_steps"]
+            self.task_steps = None if steps is None else torch.as_tensor(steps, dtype=torch.int64).numpy().copy()
+        else:  # a checkpoint from before per-task counts: every task was present at every step
+            self.task_steps = None if self.lambdas is None else np.full(self.lambdas.shape[0], self.step, dtype=np.int64)
 
 
 class ExcessMTL(_ColumnState, WeightedAggregator):
@@ -141,6 +172,20 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
     Scale: weights sum to :math:`T` (the **sum** of the gradients while the weights are equal).
     State: :math:`S` (``[T, P]`` on :math:`G`'s device), :math:`e^{(0)}`, :math:`w`. Cost: :math:`O(TP)` per step.
 
+    Some tasks present (``present=``, the set :math:`\mathcal S`): :math:`S_i`, :math:`e_i` and
+    :math:`e^{(0)}_i` are updated for :math:`i \in \mathcal S` only, and the exponentiated step moves the
+    present tasks' share of the weights, keeping their mass :math:`m = \sum_{i\in\mathcal S} w_i`
+    (:math:`= T` while every task is present, which gives the rule above):
+
+    .. math::  w_{\mathcal S} \leftarrow m\,\frac{w_{\mathcal S} \odot \exp(\eta\, e_{\mathcal S} / e^{(0)}_{\mathcal S})}
+               {\mathbf 1^\top\big(w_{\mathcal S} \odot \exp(\eta\, e_{\mathcal S} / e^{(0)}_{\mathcal S})\big)},
+               \qquad d = \frac{|\mathcal S|}{m} \sum_{i\in\mathcal S} w_i\, g_i,
+
+    so the applied weights sum to :math:`|\mathcal S|` (those of the sub-problem of the present
+    tasks), the absent tasks' weights and estimates do not change, and :math:`\sum_i w_i` stays
+    :math:`T`. A run in which some tasks are never present is the method on the other tasks (up to
+    rounding).
+
     Args:
         step_size: :math:`\eta` (> 0).
         eps: :math:`\epsilon` inside the square root (>= 0).
@@ -157,24 +202,32 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
         self.eps = float(eps)
         self.reset()
 
-    def _weights(self, matrix: Tensor, gramian: np.ndarray | None) -> np.ndarray:
+    def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = matrix.shape[0]
-        self._check_rows(size, None if self.task_weights is None else self.task_weights.shape[0])
+        self._check_tasks(tasks, None if self.task_weights is None else self.task_weights.shape[0])
         self._check_columns(self.squares, matrix)
         if self.squares is None:
-            self.squares = torch.zeros_like(matrix)
-            self.task_weights = np.ones(size)
-            self.initial = np.full(size, np.nan)
+            self.squares = matrix.new_zeros(tasks.total, matrix.shape[1])
+            self.task_weights = np.ones(tasks.total)
+            self.initial = np.full(tasks.total, np.nan)
+        rows = torch.as_tensor(tasks.index, device=matrix.device)
         squared = matrix.square()
-        self.squares = self.squares.to(matrix.device, matrix.dtype).add_(squared)
-        excess = (squared / (self.squares + self.eps).sqrt()).sum(dim=1).to("cpu", torch.float64).numpy()
-        known = ~np.isnan(self.initial)
-        ratio = np.divide(excess, self.initial, out=np.zeros(size), where=known)
+        self.squares = self.squares.to(matrix.device, matrix.dtype)
+        squares = self.squares[rows].add_(squared)
+        self.squares[rows] = squares
+        excess = (squared / (squares + self.eps).sqrt()).sum(dim=1).to("cpu", torch.float64).numpy()
+        initial = self.initial[tasks.index]
+        known = ~np.isnan(initial)
+        ratio = np.divide(excess, initial, out=np.zeros(size), where=known)
         fresh = ~known & (excess > 0)
-        self.initial[fresh] = excess[fresh]
-        logits = np.log(self.task_weights) + self.step_size * ratio
-        self.task_weights = size * np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-        return self.task_weights.copy()
+        initial[fresh] = excess[fresh]
+        self.initial[tasks.index] = initial
+        previous = self.task_weights[tasks.index]
+        mass = float(tasks.total) if tasks.complete else float(previous.sum())
+        logits = np.log(previous) + self.step_size * ratio
+        shares = np.exp(logits - logits.max())
+        self.task_weights[tasks.index] = mass * shares / shares.sum()
+        return size * shares / shares.sum()
 
     def reset(self) -> None:
         self.squares: Tensor | None = None
