@@ -279,3 +279,10 @@ def test_a_run_without_scores_says_so_instead_of_empty_tables(tmp_path):
     text = write_report(tmp_path, history, scores={}, plots=False).summary.read_text()
     assert "No scores: training had no validation or test data" in text
     assert "## Main metric per task" not in text and "| task |" not in text
+
+
+def test_console_text_lists_figures_by_name(report):
+    text = report.console_text()
+    assert "![" not in text and "## Main metric per task" in text and "Δm" in text
+    assert text.rstrip().splitlines()[-1] == "figures: " + ", ".join(p.name for p in report.figures.values())
+    assert text.split("\n\nfigures:")[0] == report.summary.read_text().split("\n## Figures")[0].rstrip()

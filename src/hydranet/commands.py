@@ -127,7 +127,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     test_loader = make_loader(cfg, test_ds, tasks, train=False) if test_ds is not None else None
     report = trainer.report(out, test_loader=test_loader)
     if distributed.is_main_process():
-        print(report.summary.read_text())
+        print(report.console_text())
 
 
 def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLoader, dict[str, Task], MultiTaskDataset]:

@@ -103,6 +103,6 @@ def run_demo(
     )
     trainer.fit(train_loader, eval_loader(val_ds), epochs=epochs)
     report = trainer.report(Path(out), test_loader=eval_loader(test_ds))
-    print(report.summary.read_text())
+    print(report.console_text())
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report in {Path(out).resolve()}")
     return json.loads(report.metrics_json.read_text())

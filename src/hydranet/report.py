@@ -322,6 +322,14 @@ class Report:
     delta_m: float | None
     delta_m_per_metric: float | None
 
+    def console_text(self) -> str:
+        """``summary.md`` for a terminal: the tables, then the figure files by name instead of image links."""
+        text = self.summary.read_text()
+        tables = text.split("\n## Figures", 1)[0].rstrip()
+        if self.figures:
+            tables += "\n\nfigures: " + ", ".join(path.name for path in self.figures.values())
+        return tables + "\n"
+
 
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
