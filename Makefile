@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/hydranet demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
