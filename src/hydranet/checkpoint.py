@@ -11,9 +11,9 @@ import contextlib
 import os
 import pickle
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -71,29 +71,29 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     fsynced, then renamed over ``path``. If anything fails, the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomic(path, lambda handle: torch.save(dict(state), handle))
     return path
 
 
 def copy_atomic(source: Path, target: Path) -> None:
     """Copy a checkpoint file with the same guarantees as :func:`save_checkpoint`."""
+
+    def copy(handle: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            while chunk := src.read(1 << 24):
+                handle.write(chunk)
+
+    _write_atomic(target, copy)
+
+
+def _write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file beside ``target``, flush and fsync it, rename it over ``target``."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
