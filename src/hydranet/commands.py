@@ -130,7 +130,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
         print(report.console_text())
 
 
-def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLoader, dict[str, Task], MultiTaskDataset]:
+def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, dict[str, Task], MultiTaskDataset]:
     saved = load_checkpoint(checkpoint)["tasks"]  # the trained tasks, with their class vocabularies
     dataset = build_split(cfg, split, {name: Task.from_dict(spec) for name, spec in saved.items()})
     if dataset is None:
@@ -139,13 +139,13 @@ def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, DataLo
     model = build_model(cfg, tasks, _example_input(dataset))
     trainer = _trainer(cfg, model, tasks, Path(cfg.output), progress=False)
     trainer.load_checkpoint(checkpoint, weights_only=True)
-    return trainer, make_loader(cfg, dataset, tasks, train=False), tasks, dataset
+    return trainer, tasks, dataset
 
 
 def evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    trainer, loader, _, _ = _load_trained(cfg, args.checkpoint, args.split)
-    metrics = trainer.evaluate(loader)
+    trainer, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
+    metrics = trainer.evaluate(make_loader(cfg, dataset, tasks, train=False))
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True, default=float))
     else:
@@ -157,10 +157,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    trainer, loader, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
+    trainer, tasks, dataset = _load_trained(cfg, args.checkpoint, args.split)
     # Every sample once, in dataset order, so that row k of the CSV is sample k whatever the data.
     in_order = BatchSampler(SequentialSampler(range(len(dataset))), cfg.sampler["batch_size"], drop_last=False)
-    predictions = trainer.predict(DataLoader(dataset, batch_sampler=in_order, collate_fn=loader.collate_fn))
+    collate_fn = make_collate([t.name for t in tasks.values() if t.ragged])
+    predictions = trainer.predict(DataLoader(dataset, batch_sampler=in_order, collate_fn=collate_fn))
     rows = len(dataset)
     with open(args.output, "w", newline="") as handle:
         writer = csv.writer(handle)
