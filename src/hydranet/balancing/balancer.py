@@ -43,7 +43,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from hydranet.balancing.aggregators import AGGREGATORS, Aggregator
-from hydranet.balancing.jacobian import TaskJacobian, gather_task_columns, global_task_means, world_size
+from hydranet.balancing.jacobian import TaskJacobian, gather_task_columns, global_task_means
+from hydranet.distributed import world_size
 from hydranet.balancing.weighting import (
     WEIGHTINGS,
     GradientWeighting,

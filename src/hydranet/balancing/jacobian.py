@@ -33,15 +33,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hydranet.distributed import world_size
+
 JacobianMethod = Literal["loop", "vmap"]
 JACOBIAN_METHODS: tuple[str, ...] = ("auto", "loop", "vmap")
-
-
-def world_size() -> int:
-    """Number of processes of the default group, 1 when ``torch.distributed`` is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def flat_numel(inputs: Sequence[Tensor]) -> int:
