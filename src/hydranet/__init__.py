@@ -1,8 +1,11 @@
 """hydranet: multi-task learning for PyTorch."""
 
-from hydranet import balancing, data, distributed, losses, metrics, models
+from hydranet import balancing, data, losses, metrics, models, runtime
 from hydranet.tasks import Task
 from hydranet.train import Trainer
 
-__all__ = ["Task", "Trainer", "balancing", "data", "distributed", "losses", "metrics", "models"]
+# The name the README and earlier releases use for the runtime layer.
+distributed = runtime
+
+__all__ = ["Task", "Trainer", "balancing", "data", "distributed", "losses", "metrics", "models", "runtime"]
 __version__ = "0.1.0"

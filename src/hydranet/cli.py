@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from hydranet.distributed import launched_world_size
+    from hydranet.runtime import launched_world_size
 
     processes = launched_world_size()
     if args.command not in DISTRIBUTED_COMMANDS and processes > 1:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from hydranet import distributed
+from hydranet import runtime as distributed
 from hydranet.checkpoint import load_checkpoint
 from hydranet.config import Config, ConfigError, load_config, parse_override
 from hydranet.data.collate import make_collate

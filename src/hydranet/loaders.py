@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hydranet import distributed
+from hydranet import runtime as distributed
 from hydranet.data.collate import Batch
 
 __all__ = ["TaskView", "as_batch", "epoch_sampler", "inputs_of", "length_of", "move_to", "take_rows", "takes_position"]

@@ -55,13 +55,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from hydranet import distributed
+from hydranet import runtime as distributed
 from hydranet.balancing import Balancer, make
 from hydranet.balancing.weighting import GradNorm, did_you_mean
 from hydranet.callbacks import Callback, CallbackList
 from hydranet.checkpoint import CHECKPOINT_FORMAT, copy_atomic, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from hydranet.data.collate import Batch
-from hydranet.distributed import is_main_process
+from hydranet.runtime import is_main_process
 from hydranet.early_stopping import EarlyStopping
 from hydranet.loaders import TaskView, as_batch, epoch_sampler, inputs_of, length_of, move_to, takes_position
 from hydranet.metrics import MultiTaskMetrics, delta_m, higher_is_better, main_metric, metric_names

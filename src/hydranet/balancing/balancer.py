@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from hydranet.balancing.aggregators import AGGREGATORS, Aggregator
 from hydranet.balancing.jacobian import TaskJacobian, gather_task_columns, global_task_means
-from hydranet.distributed import world_size
+from hydranet.runtime import world_size
 from hydranet.balancing.weighting import (
     WEIGHTINGS,
     GradientWeighting,

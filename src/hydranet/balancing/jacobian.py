@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hydranet.distributed import world_size
+from hydranet.runtime import world_size
 
 JacobianMethod = Literal["loop", "vmap"]
 JACOBIAN_METHODS: tuple[str, ...] = ("auto", "loop", "vmap")

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from hydranet.balancing.jacobian import TaskJacobian, global_task_means
-from hydranet.distributed import world_size
+from hydranet.runtime import world_size
 from hydranet.tasks import Task
 
 TaskList = Sequence["str | Task"] | Mapping[str, Task]
