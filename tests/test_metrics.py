@@ -361,3 +361,19 @@ def test_compute_synchronises_across_two_gloo_ranks(tmp_path):
         for task, cm in expected_cms.items():
             np.testing.assert_array_equal(result["cms"][task], cm)
     assert not math.isnan(expected["rare"]["auroc"])
+
+
+def test_registry_directions_are_torchmetrics_own():
+    """The registry states each metric's direction without importing torchmetrics; it must agree with the
+    ``higher_is_better`` attribute of the torchmetrics class each kind builds."""
+    from hydranet.metrics import METRICS
+
+    tasks = {
+        "binary": hn.Task("b", "binary"),
+        "multiclass": hn.Task("m", "multiclass", num_classes=3),
+        "multilabel": hn.Task("l", "multilabel", num_classes=3),
+        "regression": hn.Task("r", "regression"),
+    }
+    for spec in METRICS.values():
+        for kind, build in spec.build.items():
+            assert bool(type(build(tasks[kind])).higher_is_better) is spec.higher_is_better, (spec.name, kind)

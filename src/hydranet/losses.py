@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hydranet.models.heads import TaskDict
-from hydranet.tasks import MISSING_INT, Task, as_task_dict
+from hydranet.tasks import MISSING_INT, Task, TaskDict, as_task_dict
 
 __all__ = ["LOSSES", "DEFAULT_LOSSES", "MultiTaskLoss", "TaskLoss", "task_loss", "focal_loss"]
 

@@ -53,9 +53,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric, classification as tmc, regression as tmr
+from typing import TYPE_CHECKING
 
-from hydranet.tasks import Task, as_task_dict
+from hydranet.tasks import Task, as_task_dict, probabilities
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
 
 __all__ = [
     "METRICS",
@@ -98,60 +101,58 @@ class MetricSpec:
 _OPTIONS: dict[str, Any] = {"compute_with_cache": False}
 
 
+def _metric_class(module: str, name: str) -> type[Metric]:
+    """A torchmetrics class by name, imported on first use: torchmetrics imports matplotlib and more
+    at import time, which ``import hydranet`` should not pay for."""
+    import importlib
+
+    return getattr(importlib.import_module(f"torchmetrics.{module}"), name)
+
+
 def _classification(
-    name: str,
-    binary: type[Metric],
-    multiclass: type[Metric],
-    multilabel: type[Metric],
-    *,
-    micro: bool = False,
-    shapes_from_data: bool = False,
+    name: str, higher: bool, classes: str, *, micro: bool = False, shapes_from_data: bool = False
 ) -> MetricSpec:
     # Multiclass accuracy is the plain fraction of correct predictions (micro); every other
     # multiclass / multilabel score is the unweighted mean over classes (macro).
     mc_average = "micro" if micro else "macro"
+    cls = lambda prefix: _metric_class("classification", prefix + classes)  # noqa: E731
     return MetricSpec(
         name=name,
-        higher_is_better=bool(binary.higher_is_better),
+        higher_is_better=higher,
         build={
-            "binary": lambda task: binary(**_OPTIONS),
-            "multiclass": lambda task: multiclass(num_classes=task.n_classes, average=mc_average, **_OPTIONS),
-            "multilabel": lambda task: multilabel(num_labels=task.n_classes, average="macro", **_OPTIONS),
+            "binary": lambda task: cls("Binary")(**_OPTIONS),
+            "multiclass": lambda task: cls("Multiclass")(num_classes=task.n_classes, average=mc_average, **_OPTIONS),
+            "multilabel": lambda task: cls("Multilabel")(num_labels=task.n_classes, average="macro", **_OPTIONS),
         },
         shapes_from_data=shapes_from_data,
     )
 
 
-def _regression(name: str, cls: type[Metric], shapes_from_data: bool = False, **options: Any) -> MetricSpec:
+def _regression(name: str, higher: bool, cls: str, shapes_from_data: bool = False, **options: Any) -> MetricSpec:
     return MetricSpec(
         name=name,
-        higher_is_better=bool(cls.higher_is_better),
-        build={"regression": lambda task: cls(**options, **_OPTIONS)},
+        higher_is_better=higher,
+        build={"regression": lambda task: _metric_class("regression", cls)(**options, **_OPTIONS)},
         shapes_from_data=shapes_from_data,
     )
 
 
-#: The metric registry: ``{name: MetricSpec}``.
+#: The metric registry: ``{name: MetricSpec}``. The directions are torchmetrics' ``higher_is_better``
+#: class attributes (a test checks that they agree).
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        _classification("accuracy", tmc.BinaryAccuracy, tmc.MulticlassAccuracy, tmc.MultilabelAccuracy, micro=True),
-        _classification("f1", tmc.BinaryF1Score, tmc.MulticlassF1Score, tmc.MultilabelF1Score),
-        _classification("precision", tmc.BinaryPrecision, tmc.MulticlassPrecision, tmc.MultilabelPrecision),
-        _classification("recall", tmc.BinaryRecall, tmc.MulticlassRecall, tmc.MultilabelRecall),
-        _classification("auroc", tmc.BinaryAUROC, tmc.MulticlassAUROC, tmc.MultilabelAUROC, shapes_from_data=True),
-        _classification(
-            "ap",
-            tmc.BinaryAveragePrecision,
-            tmc.MulticlassAveragePrecision,
-            tmc.MultilabelAveragePrecision,
-            shapes_from_data=True,
-        ),
-        _regression("mae", tmr.MeanAbsoluteError),
-        _regression("mse", tmr.MeanSquaredError),
-        _regression("rmse", tmr.MeanSquaredError, squared=False),
+        _classification("accuracy", True, "Accuracy", micro=True),
+        _classification("f1", True, "F1Score"),
+        _classification("precision", True, "Precision"),
+        _classification("recall", True, "Recall"),
+        _classification("auroc", True, "AUROC", shapes_from_data=True),
+        _classification("ap", True, "AveragePrecision", shapes_from_data=True),
+        _regression("mae", False, "MeanAbsoluteError"),
+        _regression("mse", False, "MeanSquaredError"),
+        _regression("rmse", False, "MeanSquaredError", squared=False),
         # R² keeps one sum per output, shaped by the first update.
-        _regression("r2", tmr.R2Score, shapes_from_data=True),
+        _regression("r2", True, "R2Score", shapes_from_data=True),
     )
 }
 
@@ -216,20 +217,30 @@ def main_metric(task: Task, metrics: Sequence[str] | None = None) -> tuple[str, 
     return names[0], higher_is_better(names[0])
 
 
-class _Count(Metric):
-    """Number of labelled samples seen (summed across ranks on compute)."""
+def _count() -> Metric:
+    """A metric counting the labelled samples seen (summed across ranks on compute)."""
+    global _COUNT
+    if _COUNT is None:
+        from torchmetrics import Metric
 
-    full_state_update = False
+        class _Count(Metric):
+            full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__(**_OPTIONS)
-        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+            def __init__(self) -> None:
+                super().__init__(**_OPTIONS)
+                self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, n: int) -> None:
-        self.total += n
+            def update(self, n: int) -> None:
+                self.total += n
 
-    def compute(self) -> Tensor:
-        return self.total
+            def compute(self) -> Tensor:
+                return self.total
+
+        _COUNT = _Count
+    return _COUNT()
+
+
+_COUNT: Any = None  # the class, built on first use (torchmetrics is imported lazily)
 
 
 @contextmanager
@@ -243,10 +254,10 @@ def _quiet_before_update() -> Iterator[None]:
 
 def _confusion(task: Task) -> Metric:
     if task.kind == "binary":
-        return tmc.BinaryConfusionMatrix(**_OPTIONS)
+        return _metric_class("classification", "BinaryConfusionMatrix")(**_OPTIONS)
     if task.kind == "multiclass":
-        return tmc.MulticlassConfusionMatrix(num_classes=task.n_classes, **_OPTIONS)
-    return tmc.MultilabelConfusionMatrix(num_labels=task.n_classes, **_OPTIONS)
+        return _metric_class("classification", "MulticlassConfusionMatrix")(num_classes=task.n_classes, **_OPTIONS)
+    return _metric_class("classification", "MultilabelConfusionMatrix")(num_labels=task.n_classes, **_OPTIONS)
 
 
 class TaskMetrics(nn.Module):
@@ -268,7 +279,7 @@ class TaskMetrics(nn.Module):
         self.names = metric_names(task, metrics)
         self.metrics = nn.ModuleDict({name: METRICS[name].build[task.kind](task) for name in self.names})
         self.confusion = _confusion(task) if (confusion and task.is_classification and not task.ragged) else None
-        self.count = _Count()
+        self.count = _count()
 
     @property
     def main(self) -> tuple[str, bool]:
@@ -296,10 +307,10 @@ class TaskMetrics(nn.Module):
                 f"{tuple(output.shape)}."
             )
         if task.kind == "binary":
-            return torch.sigmoid(output.reshape(n)), target.reshape(n).long()
+            return probabilities(task, output.reshape(n)), target.reshape(n).long()
         if task.kind == "multiclass":
-            return torch.softmax(output.reshape(n, -1), dim=1), target.reshape(n).long()
-        return torch.sigmoid(output.reshape(n, -1)), target.reshape(n, -1).long()
+            return probabilities(task, output.reshape(n, -1)), target.reshape(n).long()
+        return probabilities(task, output.reshape(n, -1)), target.reshape(n, -1).long()
 
     def update(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         """Accumulate one batch; rows where ``mask`` is False are ignored."""

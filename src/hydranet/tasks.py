@@ -13,6 +13,11 @@ multilabel    ``num_classes`` 0/1 values  ``num_classes`` logits       ``None`` 
 
 Targets whose shape varies from sample to sample (boxes, landmarks) are *ragged*: declare
 ``ragged=True`` and they are collated as a list of tensors.
+
+Per kind, the output activation maps a model's raw outputs to what they mean (:func:`probabilities`):
+the sigmoid for binary and multilabel logits, the softmax over the last axis for multiclass logits,
+the identity for regression values. Metrics and predictions both go through it. :class:`TaskDict`
+holds one module per task (heads, gates, losses).
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["KINDS", "MISSING_INT", "Task", "TaskDict", "TaskKind", "as_task_dict", "probabilities"]
 
 TaskKind = Literal["regression", "binary", "multiclass", "multilabel"]
 KINDS: tuple[str, ...] = ("regression", "binary", "multiclass", "multilabel")
@@ -166,3 +176,28 @@ def as_task_dict(tasks: Iterable[Task] | Mapping[str, Task]) -> dict[str, Task]:
             raise ValueError(f"Duplicate task name {task.name!r}: task names must be unique.")
         out[task.name] = task
     return out
+
+
+def probabilities(task: Task, outputs: Tensor) -> Tensor:
+    r"""The output activation of ``task``'s kind applied to raw outputs ``[N, K]`` (or ``[N]``):
+    :math:`\sigma(z)` for binary and multilabel, :math:`\mathrm{softmax}(z)` over the last axis for
+    multiclass, the values themselves for regression."""
+    if task.kind == "multiclass":
+        return torch.softmax(outputs, dim=-1)
+    if task.kind in ("binary", "multilabel"):
+        return torch.sigmoid(outputs)
+    return outputs
+
+
+class TaskDict(nn.ModuleDict):
+    """An ``nn.ModuleDict`` keyed by task name; any identifier is a valid key (``"type"`` included).
+
+    ``nn.ModuleDict`` refuses names such as ``"type"`` or ``"train"`` because they shadow ``nn.Module``
+    attributes; modules are stored under their task name, so state-dict keys read ``heads.type.weight``.
+    """
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Expected an nn.Module for task {key!r}, got {type(module).__name__}.")
+        # nn.ModuleDict.add_module rejects names of Module attributes; item access never needs them.
+        self._modules[key] = module

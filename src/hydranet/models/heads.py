@@ -20,7 +20,7 @@ from typing import Any, Union
 
 from torch import nn
 
-from hydranet.tasks import Task
+from hydranet.tasks import Task, TaskDict
 
 __all__ = ["HEAD_KINDS", "ACTIVATIONS", "TaskDict", "make_head", "build_heads", "head_in_features", "HeadSpec"]
 
@@ -39,19 +39,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: "activation": ...}``.
 HeadSpec = Union[str, Mapping[str, Any]]
 _SPEC_KEYS = ("kind", "hidden", "dropout", "activation")
-
-
-class TaskDict(nn.ModuleDict):
-    """An ``nn.ModuleDict`` keyed by task name; any identifier is a valid key (``"type"`` included).
-
-    Modules are stored under their task name, so state-dict keys read ``heads.type.weight``.
-    """
-
-    def __setitem__(self, key: str, module: nn.Module) -> None:
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"Expected an nn.Module for task {key!r}, got {type(module).__name__}.")
-        # nn.ModuleDict.add_module rejects names of Module attributes; item access never needs them.
-        self._modules[key] = module
 
 
 def activation(name: str) -> nn.Module:
