@@ -229,6 +229,10 @@ def test_scan_errors_name_the_item():
 
 def test_check_labels_returns_the_task_dtype():
     assert check_labels(np.array([1.0, 0.0]), hn.Task("b", "binary")).dtype == np.int64
+    # Integer class labels keep their dtype (an int8 label matrix stays one byte a label); bools become int8.
+    assert check_labels(np.array([1, 0], dtype=np.int8), hn.Task("b", "binary")).dtype == np.int8
+    assert check_labels(np.array([True, False]), hn.Task("b", "binary")).tolist() == [1, 0]
+    assert check_labels(np.array([True, False]), hn.Task("b", "binary")).dtype == np.int8
     assert check_labels(np.array([[2], [0]]), hn.Task("m", "multiclass", num_classes=3)).tolist() == [2, 0]
     assert check_labels(np.array([3, 4]), hn.Task("r", "regression")).dtype == np.float64
     assert check_labels(np.array([[1, 2]]), hn.Task("r", "regression", dim=2)).shape == (1, 2)
@@ -244,7 +248,8 @@ def test_check_labels_returns_the_task_dtype():
         ([0, 1, 5], hn.Task("a", "multiclass", num_classes=3),
          r"Task 'a' \(multiclass\): label 5 at index 12 of D is not a class in \[0, 3\): set num_classes=6"),
         ([0, 2], hn.Task("b", "binary"), r"label 2 at index 11 of D .*binary labels are 0 or 1"),
-        ([0, -2], hn.Task("a", "multiclass", num_classes=3), r"label -2 at index 11 .*start at 0"),
+        ([0, -2], hn.Task("a", "multiclass", num_classes=3),
+         r"label -2 at index 11 .*only negative label is -1, which marks a missing label"),
         ([0.0, 1.5], hn.Task("a", "multiclass", num_classes=3), r"label 1.5 at index 11 .*whole numbers"),
         ([[1, 0], [0, 2]], hn.Task("t", "multilabel", num_classes=2), r"label \[0, 2\] at index 11 .*other than 0"),
         ([[1, 0, 1]], hn.Task("t", "multilabel", num_classes=2), r"vector of 2 values.*found shape \(3,\)"),
@@ -258,7 +263,44 @@ def test_check_labels_errors_name_task_value_index_and_fix(labels, task, match):
         check_labels(np.asarray(labels), task, indices=np.arange(10, 10 + len(labels)), where="D")
 
 
-def test_check_labels_shape_mismatch_names_both_samples():
+def test_check_labels_shape_mismatch_names_the_sample_and_the_declared_size():
     labels = as_label_array([np.zeros(2), np.zeros(2), np.zeros(3)])
-    with pytest.raises(ValueError, match=r"\(2,\) at index 0 .* \(3,\) at index 2 .*ragged=True"):
+    with pytest.raises(ValueError, match=r"label at index 2 of the dataset has shape \(3,\), but the task declares dim=2"):
         check_labels(labels, hn.Task("r", "regression", dim=2))
+
+
+@pytest.mark.parametrize(
+    ("rows", "task", "match"),
+    [
+        # One multilabel row of 2 entries among rows of 3: the row is wrong, not the task.
+        ([[0, 1, 0], [1, 1, 0], [1, 0], [0, 0, 1]], hn.Task("m", "multilabel", num_classes=3),
+         r"Task 'm' \(multilabel\): the label at index 12 of D has shape \(2,\), but the task declares "
+         r"num_classes=3, i.e. shape \(3,\) per sample\. Fix that sample's label .*or correct num_classes"),
+        # A regression target of 3 values among targets of dim 2.
+        ([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0, 3.0]], hn.Task("r", "regression", dim=2),
+         r"index 12 of D has shape \(3,\), but the task declares dim=2, i.e. shape \(2,\).*correct dim"),
+        # A vector among scalars of a dim-1 regression task.
+        ([0.5, 1.0, [1.0, 0.0], 2.0], hn.Task("r", "regression"),
+         r"index 12 of D has shape \(2,\), but the task declares dim=1, i.e. shape \(\) per sample"),
+        ([0, [1, 2], 1], hn.Task("c", "multiclass", num_classes=3),
+         r"index 11 of D has shape \(2,\), but the task declares one class index per sample"),
+    ],
+)
+def test_one_label_of_the_wrong_size_names_the_sample_not_ragged(rows, task, match):
+    labels = as_label_array(rows)
+    with pytest.raises(ValueError, match=match) as info:
+        check_labels(labels, task, indices=np.arange(10, 10 + len(rows)), where="D")
+    assert "declare the task ragged=True" not in str(info.value)
+
+
+def test_a_negative_label_in_a_shared_dataset_names_task_index_and_the_missing_marker():
+    x = torch.zeros(4, 2)
+    ds = TensorDataset(x, torch.tensor([0, 1, -3, -1]))
+    with pytest.raises(ValueError) as info:
+        hn.data.MultiTaskDataset.shared(ds, tasks=[hn.Task("c", "multiclass", num_classes=3)])
+    text = str(info.value)
+    assert "Task 'c' (multiclass): label -3 at index 2 of the shared dataset" in text
+    assert "only negative label is -1, which marks a missing label" in text
+    assert "num_classes=-2" not in text
+
+

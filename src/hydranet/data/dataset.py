@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
 
 from hydranet.data.collate import Batch
 from hydranet.data.labels import (
+    CLASS_KINDS,
     as_label_array,
     check_labels,
     is_missing,
@@ -39,7 +40,7 @@ from hydranet.data.labels import (
     stack_labels,
     tensor_label_columns,
 )
-from hydranet.tasks import Task, as_task_dict
+from hydranet.tasks import MISSING_INT, Task, as_task_dict
 
 __all__ = ["MultiTaskDataset"]
 
@@ -52,7 +53,7 @@ class _TensorPart:
 
     inputs: Tensor
     labels: list[Tensor]  # one per task of the part (views of the TensorDataset's tensors)
-    labelled: list[Tensor | None]  # bool [n] per task, True where not missing; None: all labelled
+    kinds: list[str | None]  # each task's kind: which values of a batch are missing (decided per batch)
     rows: Tensor | None  # the TensorDataset rows a Subset selects (None: all, in order)
 
 
@@ -93,6 +94,32 @@ def _tensor_base(dataset: Any) -> tuple[TensorDataset, np.ndarray | None] | None
             index = np.asarray(dataset.indices, dtype=np.int64)
             return base, index if rows is None else rows[index]
     return None
+
+
+class _LazyIndices:
+    """The dataset index of the k-th labelled sample, computed only when a message needs one."""
+
+    def __init__(self, labelled: np.ndarray) -> None:
+        self._labelled = labelled
+
+    def __getitem__(self, k: int) -> int:
+        return int(np.flatnonzero(self._labelled)[k])
+
+
+def _missing_rows_torch(values: Tensor, kind: str | None) -> Tensor:
+    """``[b]`` bool, True where a batch row is a missing-label marker: :func:`missing_mask`'s rules on a
+    tensor, on its own device (no copy to the CPU)."""
+    flat = values.reshape(len(values), -1)
+    if flat.shape[1] == 0:
+        return torch.zeros(len(values), dtype=torch.bool, device=values.device)
+    if flat.is_floating_point():
+        missing = torch.isnan(flat).all(dim=1)
+        if kind in CLASS_KINDS:
+            missing |= (flat == MISSING_INT).all(dim=1)
+        return missing
+    if flat.dtype.is_signed and not flat.is_complex() and kind != "regression":  # signed integers ("i")
+        return (flat == MISSING_INT).all(dim=1)
+    return torch.zeros(len(values), dtype=torch.bool, device=values.device)  # unsigned, bool: never missing
 
 
 def _show(value: Any) -> Any:
@@ -183,7 +210,7 @@ class MultiTaskDataset(Dataset):
         self._offsets = np.cumsum([0, *sizes]).astype(np.int64)
         self._fast = [self._tensor_part(k) for k in range(len(parts))]
         self._explicit = self._check_explicit(labels)
-        self._indices: dict[str, np.ndarray] = {}
+        self._labelled: dict[str, np.ndarray] = {}  # bool [n] of a shared task with missing labels
         self._labels: dict[str, np.ndarray] = {}
         self._resolve(self._names, scan=False)
 
@@ -289,12 +316,10 @@ class MultiTaskDataset(Dataset):
                 "must be (x, y): use TensorDataset(inputs, labels), or MultiTaskDataset.shared(...) for several "
                 "labels per item."
             )
-        # Which rows are labelled, decided once with the same rules as ds[i] (missing_mask == is_missing).
-        labelled: list[Tensor | None] = []
-        for name, column in zip(names, columns):
-            mask = ~missing_mask(column, self._kind(name))
-            labelled.append(None if mask.all() else torch.from_numpy(mask))
-        return _TensorPart(base.tensors[0], columns, labelled, None if rows is None else torch.from_numpy(rows))
+        # Which rows of a batch are labelled is decided per batch (_missing_rows_torch, the rules of
+        # missing_mask): a mask per task and sample kept here would cost as much as an int8 label matrix.
+        kinds = [self._kind(name) for name in names]
+        return _TensorPart(base.tensors[0], columns, kinds, None if rows is None else torch.from_numpy(rows))
 
     # -- labels and indices ----------------------------------------------------------------------------
     def _kind(self, task: str) -> str | None:
@@ -319,15 +344,27 @@ class MultiTaskDataset(Dataset):
                 self._explicit.pop(t, None)  # the checked arrays replace it
 
     def _store(self, task: str, raw: np.ndarray) -> None:
+        # Memory: a label column of n entries costs its own bytes plus, where some labels are missing,
+        # one bool per sample; indices are made on demand (int64 indices kept per task would cost 8 bytes
+        # a label, 8 times an int8 label matrix). Labels keep their dtype (see check_labels).
         missing = missing_mask(raw, self._kind(task))
+        indices: np.ndarray | None = None
         if self._shared:
-            indices = np.flatnonzero(~missing).astype(np.int64, copy=False)
-            if indices.size == 0:
+            count = len(raw) - int(np.count_nonzero(missing))
+            if count == 0:
                 raise ValueError(
                     f"Task {task!r} has no labelled sample: all {len(raw)} of its labels in the shared dataset are "
                     "missing (None, -1, NaN). Check its label column, or leave the task out."
                 )
-            values = raw[indices]
+            if count < len(raw):
+                labelled = ~missing
+                del missing
+                values = raw[labelled]
+                labelled.setflags(write=False)
+                self._labelled[task] = labelled
+                indices = _LazyIndices(labelled)
+            else:
+                values = raw
         else:
             if missing.any():
                 k = int(np.flatnonzero(missing)[0])
@@ -336,7 +373,7 @@ class MultiTaskDataset(Dataset):
                     "MultiTaskDataset({task: dataset}) a dataset labels all its items: leave unlabelled items out "
                     "(torch.utils.data.Subset), or use MultiTaskDataset.shared(...), where labels may be missing."
                 )
-            indices, values = None, raw
+            values = raw
         task_obj = (self._tasks or {}).get(task)
         if task_obj is not None:
             values = check_labels(values, task_obj, indices=indices, where=self._where(task))
@@ -344,9 +381,6 @@ class MultiTaskDataset(Dataset):
             values = stack_labels(values)
         values = values.view()  # read-only without touching the caller's array (it may be shared)
         values.setflags(write=False)
-        if indices is not None:
-            indices.setflags(write=False)
-            self._indices[task] = indices
         self._labels[task] = values
 
     def _require(self, task: str) -> None:
@@ -368,12 +402,16 @@ class MultiTaskDataset(Dataset):
             indices.setflags(write=False)
             return indices
         self._require(task)
-        return self._indices[task]
+        labelled = self._labelled.get(task)
+        indices = np.arange(len(self), dtype=np.int64) if labelled is None else np.flatnonzero(labelled)
+        indices.setflags(write=False)
+        return indices
 
     def labels(self, task: str) -> np.ndarray:
         """Labels of ``task`` aligned with :meth:`task_indices` (read-only).
 
-        int64 ``[n]`` for binary and multiclass, ``[n, C]`` 0/1 for multilabel, float ``[n]`` or
+        class indices ``[n]`` for binary and multiclass (in the labels' integer dtype: an int8 column stays
+        int8; int64 from floats), ``[n, C]`` 0/1 for multilabel, float ``[n]`` or
         ``[n, dim]`` for regression when the task's :class:`~hydranet.Task` is known; as given
         otherwise (a 1-d object array for ragged labels).
         """
@@ -525,8 +563,8 @@ class MultiTaskDataset(Dataset):
             part_names = self._names if self._shared else [self._names[p]]
             for k, name in enumerate(part_names):
                 values = part.labels[k][source]  # type: ignore[union-attr]
-                labelled = part.labelled[k]  # type: ignore[union-attr]
-                own = None if labelled is None else labelled[source]  # None: every row labelled
+                missing = _missing_rows_torch(values, part.kinds[k])  # type: ignore[union-attr]
+                own = None if not bool(missing.any()) else ~missing  # None: every row labelled
                 if own is not None:
                     if not bool(own.any()):
                         continue

@@ -361,12 +361,13 @@ def check_labels(
     labels: np.ndarray,
     task: Task,
     *,
-    indices: np.ndarray | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     where: str = "the dataset",
 ) -> np.ndarray:
     """Check present (non-missing) labels against a task and return them as the task's array.
 
-    Binary and multiclass labels must be integers in ``[0, n_classes)`` (returned int64 ``[n]``);
+    Binary and multiclass labels must be integers in ``[0, n_classes)`` (returned ``[n]`` in their own
+    integer dtype, so an int8 column stays one byte a label; bools as int8, whole-number floats as int64);
     multilabel ones ``num_classes`` values in {0, 1} (``[n, C]``, dtype kept); regression ones one
     number, or ``dim`` numbers, per sample (float ``[n]`` or ``[n, dim]``). Ragged tasks are returned
     unchanged. Errors name the task, the offending value, its index and the fix.
@@ -386,12 +387,7 @@ def check_labels(
     name = f"Task {task.name!r} ({task.kind})"
     dense = stack_labels(labels)
     if dense.dtype == object:
-        shapes = [np.shape(v) for v in labels]
-        k = next((j for j, s in enumerate(shapes) if s != shapes[0]), 0)
-        raise ValueError(
-            f"{name}: labels differ in shape, {shapes[0]} at {at(0)} and {shapes[k]} at {at(k)}. Give every "
-            "sample a label of one shape, or declare the task ragged=True for variable-size targets (boxes)."
-        )
+        raise ValueError(_shape_mismatch(name, task, labels, at))
     if len(dense) and dense.dtype.kind not in "biuf":
         fix = (
             "convert them to floats"
@@ -440,10 +436,60 @@ def check_labels(
         if fractional[k]:
             fix = f"class labels are whole numbers 0..{high - 1}"
         elif value < 0:
-            fix = "class indices start at 0; a missing label is -1 or None"
+            fix = (
+                f"class indices are 0..{high - 1}, and the only negative label is {MISSING_INT}, which marks a "
+                f"missing label (as does None). Map the labels to 0..{high - 1}, or write {MISSING_INT} where a "
+                "sample has no label (MultiTaskDataset.shared allows missing labels)"
+            )
         elif task.kind == "binary":
             fix = "binary labels are 0 or 1 (-1 or None where missing); for more classes use kind='multiclass'"
         else:
             fix = f"set num_classes={int(dense.max()) + 1} (the largest label), or map the labels to 0..{high - 1}"
         raise ValueError(f"{name}: label {value!r} at {at(k)} is not a class in [0, {high}): {fix}.")
-    return dense.astype(np.int64, copy=False)
+    return _class_dtype(dense)
+
+
+def _class_dtype(dense: np.ndarray) -> np.ndarray:
+    """Integer class indices keep their dtype (an int8 column stays 1 byte a label); bools become int8
+    (``np.bincount`` refuses bools) and whole-number floats int64."""
+    if dense.dtype.kind in "iu":
+        return dense
+    return dense.astype(np.int8 if dense.dtype.kind == "b" else np.int64)
+
+
+def _expected_shapes(task: Task) -> tuple[tuple[int, ...], ...]:
+    """The per-sample label shapes a task accepts (its declared size)."""
+    if task.kind == "multilabel":
+        return ((int(task.num_classes),),)  # type: ignore[arg-type]
+    if task.kind == "regression":
+        width = int(task.dim or 1)
+        return ((), (1,)) if width == 1 else ((width,),)
+    return ((), (1,))
+
+
+def _shape_mismatch(name: str, task: Task, labels: np.ndarray, at: Any) -> str:
+    """The message for labels whose shapes differ: the first sample whose shape is not the declared one."""
+    expected = _expected_shapes(task)
+    declared = (
+        f"num_classes={task.num_classes}" if task.kind == "multilabel"
+        else f"dim={int(task.dim or 1)}" if task.kind == "regression"
+        else "one class index per sample"
+    )
+    shapes = [np.shape(v) for v in labels]  # an object array: one Python object per sample anyway
+    wrong = [j for j, s in enumerate(shapes) if s not in expected]
+    if not wrong:  # only () and (1,) mixed: cannot happen after stack_labels, kept for safety
+        wrong = [next(j for j, s in enumerate(shapes) if s != shapes[0])]
+    k = wrong[0]
+    others = f" ({len(wrong) - 1} more sample(s) have a shape other than {expected[0]})" if len(wrong) > 1 else ""
+    text = (
+        f"{name}: the label at {at(k)} has shape {shapes[k]}, but the task declares {declared}, i.e. shape "
+        f"{expected[0]} per sample{others}. Fix that sample's label"
+    )
+    if task.kind == "multilabel":
+        return text + f" (a 0/1 vector of {task.num_classes} entries; all -1 where missing), or correct num_classes."
+    if task.kind == "regression":
+        return text + (
+            ", or correct dim. Only a task whose samples have a variable number of values by design "
+            "(boxes per image) is declared ragged=True."
+        )
+    return text + "; for several 0/1 labels per sample use kind='multilabel'."
