@@ -5,5 +5,6 @@ from hydranet.data.collate import Batch, collate, make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.labels import LabelScanWarning
 from hydranet.data.sampler import TaskBatchSampler
+from hydranet.data.stream import MultiTaskStream
 
-__all__ = ["Batch", "LabelScanWarning", "MultiTaskDataset", "TaskBatchSampler", "collate", "make_collate", "readers"]
+__all__ = ["Batch", "LabelScanWarning", "MultiTaskDataset", "MultiTaskStream", "TaskBatchSampler", "collate", "make_collate", "readers"]
