@@ -120,7 +120,7 @@ def test_folder_errors_say_what_to_do(tmp_path):
         read_folders(root, r"(?P<c>\w+)", separator="_")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_folders(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="on_error='ignore' is not one of"):
+    with pytest.raises(ValueError, match="on_error must be one of 'error', 'skip', got 'ignore'"):
         read_folders(root, separator="_", tasks=["color", "item"], on_error="ignore")
     with pytest.raises(ValueError, match=r"No folder under .* can be read: each name does not match pattern"):
         read_folders(root, r"(?P<a>\d+)")

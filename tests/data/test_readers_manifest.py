@@ -42,7 +42,9 @@ def test_paths_relative_absolute_and_windows_style(tmp_path):
         f"{data / 'images' / 'a' / '3.png'},dog\n"  # absolute
         f"{elsewhere},cat\n",
     )
-    ds = read_manifest(manifest, tasks=["species"])
+    with pytest.raises(ValueError, match=r"(?s)train.csv: 1 path\(s\) lead outside the root folder .*row 6: "):
+        read_manifest(manifest, tasks=["species"])  # `elsewhere` is not under the manifest's folder
+    ds = read_manifest(manifest, tasks=["species"], allow_outside_root=True)
     expected = [data / "images" / "a" / f"{k}.png" for k in range(4)] + [elsewhere]
     assert [Path(p).resolve() for p in ds.paths] == expected
     for k in range(5):
@@ -349,3 +351,88 @@ def test_windows_absolute_paths_are_not_joined_to_the_root(tmp_path):
     paths, empty = resolve_paths(cells, tmp_path)
     assert paths[:4].tolist() == ["C:/data/a.png", "//server/share/b.png", f"{tmp_path}/rel/c.png", "/abs/d.png"]
     assert empty.tolist() == [False, False, False, False, True]
+
+
+# -- trust: duplicates, conflicts, paths outside the root, encodings -----------------------------------------
+def pets(tmp_path: Path, body: str, name: str = "pets.csv") -> Path:
+    for k in range(3):
+        save_image(tmp_path / f"{k}.png", seed=k)
+    return write(tmp_path / name, "path,species\n" + body)
+
+
+def test_a_file_listed_twice_with_the_same_label_is_an_error_naming_the_rows(tmp_path):
+    manifest = pets(tmp_path, "0.png,cat\n1.png,dog\n./0.png,cat\n2.png,cat\n1.png,dog\n")
+    with pytest.raises(ValueError) as info:
+        read_manifest(manifest, tasks=["species"])
+    text = str(info.value)
+    assert "pets.csv: 2 row(s) list a file again with the same labels" in text
+    assert "row 4 repeats row 2" in text and "row 6 repeats row 3" in text  # ./0.png is 0.png
+    assert "duplicates='drop'" in text and "duplicates='keep'" in text
+
+    with pytest.warns(ReaderWarning, match=r"(?s)2 of 5 samples skipped.*row 4: repeats row 2"):
+        ds = read_manifest(manifest, tasks=["species"], duplicates="drop")
+    assert [Path(p).name for p in ds.paths] == ["0.png", "1.png", "2.png"] and len(ds.skipped) == 2
+    assert len(read_manifest(manifest, tasks=["species"], duplicates="keep")) == 5
+    with pytest.raises(ValueError, match="duplicates must be one of 'error', 'drop', 'keep', got 'dorp'"):
+        read_manifest(manifest, tasks=["species"], duplicates="dorp")
+
+
+def test_conflicting_labels_for_one_file_name_the_file_and_both_labels(tmp_path):
+    manifest = pets(tmp_path, "0.png,cat\n1.png,dog\n0.png,dog\n2.png,\n2.png,cat\n")
+    for duplicates in ("error", "drop", "keep"):  # never a choice: one of the labels is wrong
+        with pytest.raises(ValueError) as info:
+            read_manifest(manifest, tasks=["species"], duplicates=duplicates)
+        text = str(info.value)
+        assert "pets.csv: 2 conflicting label(s) for the same file" in text
+        assert f"{tmp_path}/0.png: row 2 has species='cat', row 4 has species='dog'" in text
+        assert "row 5 has species=(empty), row 6 has species='cat'" in text
+
+
+@pytest.mark.parametrize("cell", ["../../etc/passwd", "sub/../../outside.png", "/etc/passwd"])
+def test_paths_outside_the_root_are_refused_unless_allowed(tmp_path, cell):
+    data = tmp_path / "data"
+    manifest = pets(data, f"0.png,cat\n{cell},dog\n")
+    with pytest.raises(ValueError) as info:
+        read_manifest(manifest, tasks=["species"])
+    text = str(info.value)
+    assert f"pets.csv: 1 path(s) lead outside the root folder {data}" in text
+    assert "row 3: " in text and "allow_outside_root=True" in text
+    # Opted out, the path is read (and here fails as a missing or undecodable image, named).
+    with pytest.raises(ImageReadError):
+        read_manifest(manifest, tasks=["species"], allow_outside_root=True, verify=True)
+
+
+def test_paths_inside_the_root_with_dots_or_absolute_are_accepted(tmp_path):
+    manifest = pets(tmp_path, f"sub/../0.png,cat\n{tmp_path / '1.png'},dog\n2.png,cat\n")
+    assert len(read_manifest(manifest, tasks=["species"])) == 3
+
+
+def test_detection_manifests_are_confined_to_the_root_too(tmp_path):
+    save_image(tmp_path / "a.png")
+    manifest = write(tmp_path / "boxes.json", json.dumps([{"path": "../a.png", "boxes": [], "label": "x"}]))
+    with pytest.raises(ValueError, match=r"(?s)boxes.json: 1 path\(s\) lead outside the root folder.*entry 0"):
+        read_detection(manifest, tasks={})
+
+
+def test_a_manifest_in_another_encoding_names_file_line_byte_and_the_fix(tmp_path):
+    for k in range(2):
+        save_image(tmp_path / f"{k}.png", seed=k)
+    manifest = tmp_path / "latin.csv"
+    manifest.write_bytes("path,owner\n0.png,Zoe\n1.png,Ren\u00e9e\n".encode("latin-1"))
+    with pytest.raises(ValueError) as info:
+        read_manifest(manifest, tasks=["owner"])
+    text = str(info.value)
+    # "Ren\xe9e": byte 0xe9 is the 4th character of line 3 (offset = 11 + 10 + 6 + 3).
+    assert f"Manifest {manifest} is not valid utf-8-sig text: byte b'\\xe9' at offset 30 (line 3, column 10)" in text
+    assert "encoding='latin-1'" in text
+    ds = read_manifest(manifest, tasks=["owner"], encoding="latin-1")
+    assert ds.vocabularies == {"owner": ["Ren\u00e9e", "Zoe"]}
+    with pytest.raises(ValueError, match="encoding='latin1x' is not a text encoding"):
+        read_manifest(manifest, tasks=["owner"], encoding="latin1x")
+
+
+def test_a_json_manifest_in_another_encoding_is_named_too(tmp_path):
+    manifest = tmp_path / "m.json"
+    manifest.write_bytes('[{"path": "a.png", "owner": "Ren\u00e9e"}]'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m.json is not valid utf-8-sig text: .*line 1.*encoding="):
+        read_manifest(manifest, tasks=["owner"])

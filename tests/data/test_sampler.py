@@ -579,3 +579,57 @@ def test_real_shared_dataset_defaults_to_the_joint_pool():
         assert len(batch.tasks) >= 1
     with pytest.raises(ValueError, match="regression task"):
         TaskBatchSampler(ds, 4, schedule="round_robin", balance="inverse")
+
+
+# ---------------------------------------------------------------- strict bools, batches larger than a task
+
+
+@pytest.mark.parametrize("name", ["drop_last", "replacement"])
+@pytest.mark.parametrize("value", ["false", "False", 0, 1, None])
+def test_bool_parameters_are_strict(name, value):
+    # "false" is a non-empty string: bool("false") is True, which would silently drop the last batch.
+    with pytest.raises(TypeError, match=rf"{name} must be True or False, got {value!r}"):
+        TaskBatchSampler(AB, 4, **{name: value})
+
+
+def test_a_task_smaller_than_a_batch_is_named_in_a_warning():
+    from hydranet.data.sampler import SmallTaskWarning
+
+    ds = Toy.separate({"ones": 10, "b": 55})
+    with pytest.warns(SmallTaskWarning) as record:
+        sampler = TaskBatchSampler(ds, 500)
+    assert len(record) == 1  # one warning naming every small task
+    text = str(record[0].message)
+    assert "task 'ones' has 10 samples for a batch of 500" in text and "about 50 times" in text
+    assert "task 'b' has 55 samples" in text and "replacement=True" in text
+    # What the warning describes: sample 0 of 'ones' fills 50 places of the first batch of 'ones'.
+    first = next(b for b in sampler if b[0] < 10)
+    assert len(first) == 500 and first.count(first[0]) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"replacement": True},  # repeats asked for
+        {"length": "all"},  # one pass: a short batch, no repeat
+        {"balance": "inverse"},  # drawn with replacement
+    ],
+)
+def test_no_small_task_warning_where_repeats_are_meant_or_impossible(kwargs):
+    import warnings
+
+    from hydranet.data.sampler import SmallTaskWarning
+
+    ds = Toy.separate({"ones": 10, "b": 55}, labels={"ones": np.arange(10) % 2, "b": np.arange(55) % 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallTaskWarning)
+        TaskBatchSampler(ds, 500, **kwargs)
+
+
+def test_the_joint_pool_smaller_than_a_batch_warns_only_when_cycled():
+    from hydranet.data.sampler import SmallTaskWarning
+
+    ds = Toy({"a": np.arange(6), "b": np.arange(3, 9)}, shared=True)
+    with pytest.warns(SmallTaskWarning, match="the joint pool has 9 samples for a batch of 16"):
+        TaskBatchSampler(ds, 16, length=3)
+    assert [len(b) for b in TaskBatchSampler(ds, 16)] == [9]  # one pass: one short batch, nothing repeated

@@ -54,6 +54,7 @@ mid-epoch with exactly the batches an uninterrupted run would give.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,16 +63,21 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from hydranet._checks import check_bool, check_int, did_you_mean
 from hydranet.data.balance import ClassBalance, WeightedDraw, class_strata
 from hydranet.data.schedule import Schedule, apportion, epoch_batches, make_schedule
 
-__all__ = ["LENGTHS", "EpochPlan", "TaskBatchSampler"]
+__all__ = ["LENGTHS", "EpochPlan", "SmallTaskWarning", "TaskBatchSampler"]
 
 #: Epoch lengths accepted by ``TaskBatchSampler(length=...)`` besides an int (batches per epoch).
 LENGTHS: tuple[str, ...] = ("max_size_cycle", "min_size", "all")
 
 # Pools smaller than this are shuffled many passes at a time (row-wise); larger ones a pass at a time.
 _SMALL_POOL = 4096
+
+
+class SmallTaskWarning(UserWarning):
+    """A task (or the joint pool) has fewer samples than one step takes, so its batches repeat samples."""
 
 
 @dataclass
@@ -127,8 +133,15 @@ class TaskBatchSampler(Sampler[list[int]]):
         size_cap: size cap of ``schedule="temperature"``.
         replacement: draw every task's samples uniformly with replacement (i.i.d. batches).
 
+    ``drop_last`` and ``replacement`` must be real bools (``"false"`` is refused, as torch's
+    ``BatchSampler`` does). A task with fewer samples than a step (``batch_size`` times the ranks, or its
+    quota) drawn without replacement gives batches that hold each of its samples several times: a
+    :class:`SmallTaskWarning` names it, its size and the batch size (``replacement=True`` says it is meant
+    and silences it; with ``drop_last=True`` it is an error, with ``length="all"`` a short batch).
+
     Raises:
         ValueError: with what is wrong and how to fix it, for any inconsistent setting.
+        TypeError: ``drop_last`` or ``replacement`` not a bool.
     """
 
     def __init__(
@@ -148,12 +161,11 @@ class TaskBatchSampler(Sampler[list[int]]):
         replacement: bool = False,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1, "e.g. batch_size=32")
-        _check_int("seed", seed, 0, "any integer >= 0")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.replacement = bool(replacement)
+        self.batch_size = check_int("batch_size", batch_size, 1, hint="e.g. batch_size=32")
+        self.seed = check_int("seed", seed, 0, hint="any integer >= 0")
+        # Strict bools, as torch's BatchSampler: drop_last="false" would otherwise read as True.
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.replacement = check_bool("replacement", replacement)
         self.num_replicas, self.rank = _replicas(num_replicas, rank)
         self.length = _check_length(length)
         self.task_names: list[str] = list(dataset.task_names)
@@ -203,6 +215,7 @@ class TaskBatchSampler(Sampler[list[int]]):
             self._steps_per_pass(name, len(pool), unit, draw is None)
             for name, pool, unit, draw in zip(names, pools, self._units, self._draws)
         ]
+        self._warn_small(names, pools)
         if self._schedule is not None:
             self._probabilities = self._schedule.probabilities(dict(zip(names, map(len, pools))))
         else:
@@ -235,6 +248,33 @@ class TaskBatchSampler(Sampler[list[int]]):
                 "length='all' cannot be combined with quotas: every batch takes a fixed number of samples of "
                 "each task, so tasks run out at different times. Use 'max_size_cycle', 'min_size' or an int."
             )
+
+    def _warn_small(self, names: list[str], pools: list[np.ndarray]) -> None:
+        """Warn where a pool drawn without replacement is smaller than a step: its passes are padded with
+        the same samples again, so each batch holds every sample several times. (With ``drop_last`` that
+        is an error in :meth:`_steps_per_pass`; one pass, ``length="all"``, gives a short batch instead.)"""
+        if self._one_pass or self.drop_last:
+            return
+        small = [
+            (name, len(pool), unit)
+            for name, pool, unit, draw in zip(names, pools, self._units, self._draws)
+            if draw is None and len(pool) < unit
+        ]
+        if not small:
+            return
+        what = "quota" if self.mode == "quotas" else "batch"
+        lines = "; ".join(
+            f"{'the joint pool' if self.mode == 'joint' else f'task {name!r}'} has {n} samples for a {what} of "
+            f"{unit} ({unit // self.num_replicas} x {self.num_replicas} rank(s)), so each of its batches holds "
+            f"every sample about {unit / n:.3g} times"
+            for name, n, unit in small
+        )
+        warnings.warn(
+            f"TaskBatchSampler: {lines}. Lower batch_size (or the quota) to at most the task's size, or pass "
+            "replacement=True to draw batches with replacement on purpose (no warning then).",
+            SmallTaskWarning,
+            stacklevel=3,
+        )
 
     def _steps_per_pass(self, name: str, n: int, unit: int, without_replacement: bool) -> int:
         """:math:`k`: ``floor(n / unit)`` with drop_last (without replacement), else ``ceil(n / unit)``."""
@@ -281,7 +321,7 @@ class TaskBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first batch at the next ``iter()``."""
-        _check_int("epoch", epoch, 0, "an epoch number >= 0")
+        check_int("epoch", epoch, 0, hint="an epoch number >= 0")
         self._epoch = int(epoch)
         self._position = 0
 
@@ -304,8 +344,8 @@ class TaskBatchSampler(Sampler[list[int]]):
         missing = {"seed", "epoch", "position"} - set(state)
         if missing:
             raise ValueError(f"Sampler state lacks {sorted(missing)}; pass what state_dict() returned.")
-        _check_int("seed", state["seed"], 0, "the seed saved by state_dict()")
-        _check_int("epoch", state["epoch"], 0, "the epoch saved by state_dict()")
+        check_int("seed", state["seed"], 0, hint="the seed saved by state_dict()")
+        check_int("epoch", state["epoch"], 0, hint="the epoch saved by state_dict()")
         position = state["position"]
         if not (isinstance(position, (int, np.integer)) and 0 <= position <= self._n_batches):
             raise ValueError(
@@ -412,20 +452,15 @@ def _rank_slice(steps: np.ndarray, rank: int) -> np.ndarray:
     return steps[:, 0, :] if steps.shape[1] == 1 else np.ascontiguousarray(steps[:, rank, :])
 
 
-def _check_int(name: str, value: Any, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r} ({hint}).")
-
-
 def _check_length(length: Any) -> str | int:
     if isinstance(length, str):
         if length not in LENGTHS:
             raise ValueError(
-                f"Unknown length {length!r}; choose one of {', '.join(LENGTHS)} or an int number of batches per epoch."
+                f"Unknown length {length!r};{did_you_mean(length, LENGTHS)} choose one of {', '.join(LENGTHS)} or an "
+                "int number of batches per epoch."
             )
         return length
-    _check_int("length", length, 1, f"a number of batches per epoch, or one of {', '.join(LENGTHS)}")
-    return int(length)
+    return check_int("length", length, 1, hint=f"a number of batches per epoch, or one of {', '.join(LENGTHS)}")
 
 
 def _replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -434,7 +469,7 @@ def _replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
         num_replicas = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    _check_int("num_replicas", num_replicas, 1, "the number of processes")
+    check_int("num_replicas", num_replicas, 1, hint="the number of processes")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
         raise ValueError(
             f"rank must be an integer in [0, {num_replicas}) for num_replicas={num_replicas}, got {rank!r}."

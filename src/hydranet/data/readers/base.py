@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from hydranet._checks import check_choice
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
@@ -217,15 +218,15 @@ class ReaderDataset(MultiTaskDataset):
 
 
 # -- steps shared by the readers ----------------------------------------------------------------------------
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
-
-
 def check_policies(verify: Any, on_error: Any, unknown: Any) -> None:
+    # verify is a bool or "decode": 1 or "true" would compare equal to True or read as a wrong bool.
+    if not isinstance(verify, (bool, np.bool_, str)):
+        raise TypeError(f"verify must be True, False or 'decode', got {verify!r} ({type(verify).__name__}).")
     check_choice("verify", verify, (False, True, "decode"))
-    check_choice("on_error", on_error, ("error", "skip"))
-    check_choice("unknown", unknown, ("error", "missing"))
+    for name, value, choices in (("on_error", on_error, ("error", "skip")), ("unknown", unknown, ("error", "missing"))):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+        check_choice(name, value, choices)
 
 
 def resolve_transform(

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from hydranet._checks import check_bool, check_choice
 from hydranet.data.readers.base import (
     ImageSamples,
     OnError,
     ReaderDataset,
     Verify,
     assemble,
-    check_choice,
     check_policies,
     resolve_transform,
     screen_images,
@@ -57,7 +57,7 @@ from hydranet.data.readers.columns import (
 )
 from hydranet.data.readers.images import DefaultTransform
 from hydranet.data.readers.manifest import manifest_root
-from hydranet.data.readers.tables import Table, load_table, number_cells, resolve_paths
+from hydranet.data.readers.tables import Table, confine_paths, load_table, number_cells, resolve_paths
 from hydranet.tasks import Task
 
 __all__ = ["read_detection"]
@@ -208,6 +208,7 @@ def read_detection(
     on_error: OnError = "error",
     delimiter: str | None = None,
     encoding: str = "utf-8-sig",
+    allow_outside_root: bool = False,
 ) -> ReaderDataset:
     """Images with boxes (and optionally landmarks) and image-level labels (see the module docstring).
 
@@ -224,10 +225,11 @@ def read_detection(
         size_columns: fields or columns with each image's width and height, used when present.
         box_format: ``"normalized"`` or ``"pixels"`` (see the module docstring).
         transform, image_size, vocabularies, unknown, verify, on_error: as in :func:`read_folders`.
-        delimiter, encoding: as in :func:`read_manifest`.
+        delimiter, encoding, allow_outside_root: as in :func:`read_manifest`.
     """
     check_policies(verify, on_error, unknown)
     check_choice("box_format", box_format, ("normalized", "pixels"))
+    check_bool("allow_outside_root", allow_outside_root)
     transform = resolve_transform(transform, image_size)
     table = load_table(manifest, delimiter=delimiter, encoding=encoding)
     declared = declare_tasks({"label": "multiclass"} if tasks is None else tasks, allow_empty=True)
@@ -260,7 +262,12 @@ def read_detection(
         columns.append(encode_column(d, cells[first], vocabulary=vocab.get(d.name), unknown=unknown, source=source))
     problems += [c.problems for c in columns]
 
-    paths, empty = resolve_paths(table.column(path_column)[first], manifest_root(table.source, root))
+    base = manifest_root(table.source, root)
+    paths, empty = resolve_paths(table.column(path_column)[first], base)
+    confine_paths(
+        paths, empty, base, rows=list(np.asarray(table.rows, dtype=object)[first]), source=table.source,
+        allow=allow_outside_root,
+    )
     problems.append(np.where(empty, f"empty {path_column!r}", None))
     sizes = None
     if all(c in table.columns for c in size_columns):

@@ -6,9 +6,13 @@
 is not in the task's pool, and the task is masked in its batches.
 
 Image paths: Windows separators (``images\\a\\b.jpg``) are normalised, absolute paths are kept, and
-relative ones are relative to ``root`` (default: the manifest's folder). Tabular manifests give
-``feature_columns`` instead: the inputs are then a float32 tensor of those columns and no file is
-opened at all.
+relative ones are relative to ``root`` (default: the manifest's folder). A path that leads outside
+``root`` (``../../etc/passwd``, an absolute path elsewhere) is an error naming its rows unless
+``allow_outside_root=True``. A file listed twice with the same labels is an error naming the rows
+(``duplicates="drop"`` keeps the first row and reports the others, ``"keep"`` keeps them all, e.g. to
+oversample on purpose); listed twice with different labels it is always an error naming the file and both
+labels. Tabular manifests give ``feature_columns`` instead: the inputs are then a float32 tensor of those
+columns and no file is opened at all (rows are samples there, and equal rows are not checked).
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ from hydranet.data.readers.base import (
     resolve_transform,
     screen_images,
 )
-from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column
-from hydranet.data.readers.tables import Table, load_table, number_cells, resolve_paths
+from hydranet._checks import check_bool, check_choice
+from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column, listing
+from hydranet.data.readers.tables import Table, confine_paths, load_table, number_cells, resolve_paths
 
-__all__ = ["read_manifest"]
+__all__ = ["DUPLICATES", "read_manifest"]
+
+#: What ``read_manifest(duplicates=...)`` does with a file listed twice with the same labels.
+DUPLICATES: tuple[str, ...] = ("error", "drop", "keep")
 
 
 def manifest_root(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
@@ -59,6 +67,8 @@ def read_manifest(
     on_error: OnError = "error",
     delimiter: str | None = None,
     encoding: str = "utf-8-sig",
+    duplicates: str = "error",
+    allow_outside_root: bool = False,
 ) -> ReaderDataset:
     """Samples listed in a CSV, JSON or Parquet manifest (see the module docstring).
 
@@ -73,12 +83,19 @@ def read_manifest(
         converters: ``{task: function(text) -> value}``, as in :func:`read_filenames`.
         transform, image_size, vocabularies, unknown, verify, on_error: as in :func:`read_folders`.
         delimiter: CSV delimiter (default ``","``, tab for ``.tsv``).
-        encoding: text encoding of a CSV or JSON manifest.
+        encoding: text encoding of a CSV or JSON manifest (``"latin-1"``, ``"cp1252"``, ...); a file
+            that is not in it is an error naming the line and byte.
+        duplicates: a file listed in several rows with the same labels: ``"error"`` (naming the rows),
+            ``"drop"`` (keep the first row, report the others in ``skipped`` and a warning) or
+            ``"keep"`` (every row is a sample). Different labels for one file are always an error.
+        allow_outside_root: read paths that lead outside ``root`` (by default an error naming the rows).
 
     Rows with an unusable value (an empty path, a class index out of range, a feature that is not a
     number) are left out and reported.
     """
     check_policies(verify, on_error, unknown)
+    check_choice("duplicates", duplicates, DUPLICATES)
+    check_bool("allow_outside_root", allow_outside_root)
     table = load_table(path, delimiter=delimiter, encoding=encoding)
     tabular = feature_columns is not None
     if tabular and path_column is not None:
@@ -116,11 +133,16 @@ def read_manifest(
     if tabular:
         return _tabular(table, inputs, columns)
     transform = resolve_transform(transform, image_size)
-    paths, empty = resolve_paths(table.column(inputs[0]), manifest_root(table.source, root))
+    base = manifest_root(table.source, root)
+    paths, empty = resolve_paths(table.column(inputs[0]), base)
+    confine_paths(paths, empty, base, rows=table.rows, source=table.source, allow=allow_outside_root)
+    repeated = _repeated_rows(table, paths, empty, [d.name for d in declared], duplicates)
     names = np.where(empty, np.array(table.rows, dtype=object), paths)
     keep, skipped = drop_problems(names, columns)
     skipped = [Skipped(table.rows[k], f"empty {inputs[0]!r}") for k in np.flatnonzero(empty)] + skipped
+    skipped += [Skipped(table.rows[k], f"repeats {table.rows[first]} ({paths[k]})") for k, first in repeated]
     keep &= ~empty
+    keep[[k for k, _ in repeated]] = False
     paths, columns = paths[keep], [c.take(keep) for c in columns]
     ok, _, bad_files = screen_images(paths, verify, on_error)
     return image_dataset(
@@ -131,6 +153,54 @@ def read_manifest(
         skipped=skipped + bad_files,
         total=len(table),
     )
+
+
+def _repeated_rows(
+    table: Table, paths: np.ndarray, empty: np.ndarray, tasks: list[str], duplicates: str
+) -> list[tuple[int, int]]:
+    """``[(row, first row of the same file)]`` of the rows that repeat a file, to drop (``"drop"``).
+
+    Files are compared by normalised path (``a.jpg`` and ``./a.jpg`` are one file). Rows of one file
+    whose task cells differ are an error naming the file and both labels; identical repeats are an error
+    naming the rows unless ``duplicates`` is ``"drop"`` or ``"keep"``.
+    """
+    rows = np.flatnonzero(~empty)
+    if len(rows) < 2:
+        return []
+    keys = np.array([os.path.normpath(p) for p in paths[rows]], dtype=str)
+    _, first_of, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    if (counts == 1).all():
+        return []
+    first = rows[first_of[inverse]]  # for each row, the first row naming the same file
+    again = np.flatnonzero(first != rows)  # positions (in rows) of the repeats
+    conflicts = []
+    for name in tasks:
+        cells = table.column(name)
+        differ = again[np.not_equal(cells[rows[again]], cells[first[again]]).astype(bool)]
+        conflicts += [
+            f"{paths[rows[j]]}: {table.rows[first[j]]} has {name}={_cell(cells[first[j]])}, "
+            f"{table.rows[rows[j]]} has {name}={_cell(cells[rows[j]])}"
+            for j in differ
+        ]
+    if conflicts:
+        raise ValueError(
+            f"Manifest {table.source.name}: {len(conflicts)} conflicting label(s) for the same file:\n"
+            + listing(conflicts)
+            + "\nA file has one label per task: fix or remove the wrong rows."
+        )
+    repeats = [(int(rows[j]), int(first[j])) for j in again]
+    if duplicates == "error":
+        raise ValueError(
+            f"Manifest {table.source.name}: {len(repeats)} row(s) list a file again with the same labels:\n"
+            + listing([f"{table.rows[k]} repeats {table.rows[f]} ({paths[k]})" for k, f in repeats])
+            + "\nRemove them, or pass duplicates='drop' to keep the first row of each file (the others are "
+            "reported), or duplicates='keep' to keep every row (to oversample on purpose)."
+        )
+    return repeats if duplicates == "drop" else []
+
+
+def _cell(value: Any) -> str:
+    return "(empty)" if value is None else repr(value)
 
 
 def _tabular(table: Table, features: list[str], columns: list[Any]) -> ReaderDataset:

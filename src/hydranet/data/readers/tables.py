@@ -2,11 +2,14 @@
 
 A *cell* is a stripped string, or ``None`` for an empty cell (a missing value). Paths in a manifest
 are normalised here: Windows separators (``images\\a\\b.jpg``) become ``/``, absolute paths are kept,
-relative ones are joined to the manifest's root folder.
+relative ones are joined to the manifest's root folder, and :func:`confine_paths` refuses the ones that
+lead outside the root (``../../etc/passwd``) unless allowed. A file that is not in the given text
+encoding is an error naming the file, the line and the byte, and the ``encoding=`` fix.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import json
@@ -20,7 +23,7 @@ import numpy as np
 
 from hydranet.data.readers.columns import text_cells
 
-__all__ = ["Table", "load_table", "number_cells", "object_cells", "resolve_paths"]
+__all__ = ["Table", "confine_paths", "load_table", "number_cells", "object_cells", "resolve_paths", "rows_listing"]
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -56,6 +59,10 @@ class Table:
 def load_table(path: str | os.PathLike[str], *, delimiter: str | None = None, encoding: str = "utf-8-sig") -> Table:
     """Read a ``.csv`` / ``.tsv`` / ``.txt``, ``.json`` (a list of objects) or ``.parquet`` manifest."""
     source = Path(path)
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ValueError(f"encoding={encoding!r} is not a text encoding Python knows; e.g. 'utf-8' or 'latin-1'.") from None
     if not source.is_file():
         raise FileNotFoundError(f"Manifest {source} does not exist.")
     suffix = source.suffix.lower()
@@ -71,10 +78,30 @@ def load_table(path: str | os.PathLike[str], *, delimiter: str | None = None, en
     )
 
 
+def _decode_error(source: Path, encoding: str, err: UnicodeDecodeError) -> ValueError:
+    """The error for a manifest that is not in ``encoding``: where (line, byte) and the fix."""
+    data = source.read_bytes()
+    try:
+        data.decode(encoding)
+        offset, bad = err.start, err.object[err.start : err.end]
+    except UnicodeDecodeError as whole:  # positions in the whole file, not in the chunk that failed
+        offset, bad = whole.start, data[whole.start : whole.end]
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return ValueError(
+        f"Manifest {source} is not valid {encoding} text: byte {bytes(bad)!r} at offset {offset} (line {line}, "
+        f"column {column}). Pass the file's encoding, e.g. encoding='latin-1' (or 'cp1252' for a file saved by "
+        "Excel on Windows), or save the manifest as UTF-8."
+    )
+
+
 def _load_csv(source: Path, delimiter: str, encoding: str) -> Table:
     # utf-8-sig drops the byte-order mark that spreadsheet programs put before the first header.
-    with source.open(newline="", encoding=encoding) as f:
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    try:
+        with source.open(newline="", encoding=encoding) as f:
+            rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    except UnicodeDecodeError as err:
+        raise _decode_error(source, encoding, err) from None
     if not rows:
         raise ValueError(f"Manifest {source} is empty: it needs a header row and one row per sample.")
     header = [h.strip() for h in rows[0]]
@@ -111,6 +138,8 @@ def object_cells(values: Sequence[Any], what: str) -> np.ndarray:
 def _load_json(source: Path, encoding: str) -> Table:
     try:
         records = json.loads(source.read_text(encoding=encoding))
+    except UnicodeDecodeError as err:
+        raise _decode_error(source, encoding, err) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"Manifest {source} is not valid JSON: {err}.") from err
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -184,3 +213,54 @@ def resolve_paths(cells: np.ndarray, root: Path) -> tuple[np.ndarray, np.ndarray
     prefix = str(root).rstrip("/\\") + "/"
     paths = np.where(absolute, text, np.char.add(prefix, text))
     return paths.astype(object), empty
+
+
+def rows_listing(rows: Sequence[str], texts: Sequence[str]) -> str:
+    """``"  row 3: text"`` lines, the first few and a count of the rest."""
+    from hydranet.data.readers.columns import listing
+
+    return listing([f"{r}: {t}" for r, t in zip(rows, texts)])
+
+
+def confine_paths(
+    paths: np.ndarray, empty: np.ndarray, root: Path, *, rows: Sequence[str], source: Path, allow: bool
+) -> None:
+    """Refuse manifest paths that lead outside ``root`` (``../../etc/passwd``, an absolute path elsewhere).
+
+    A manifest is data, often from elsewhere: reading whatever file it names is what a data loader should
+    not do by default. Paths are compared lexically (``os.path.normpath``; no file is opened); ``root``
+    counts both as given and with its symbolic links resolved. ``allow`` (``allow_outside_root=True``)
+    turns the check off.
+    """
+    if allow or not len(paths):
+        return
+    text = np.where(empty, "", paths).astype(str)
+    prefix = str(root).rstrip("/\\") + "/"
+    # Relative cells were joined to root, so they start with it: only a ".." can lead them out. Only
+    # the suspects (outside the prefix, or with "..") are normalised, one by one.
+    suspect = ~empty & (~np.char.startswith(text, prefix) | (np.char.find(text, "..") >= 0))
+    if not suspect.any():
+        return
+    roots = {os.path.normpath(str(root)), os.path.normpath(os.path.realpath(root))}
+    outside = [
+        k for k in np.flatnonzero(suspect)
+        if not any(_under(os.path.normpath(text[k]), r) for r in roots)
+    ]
+    if not outside:
+        return
+    raise ValueError(
+        f"Manifest {source.name}: {len(outside)} path(s) lead outside the root folder {root}:\n"
+        + rows_listing([rows[k] for k in outside], [_shown(text[k]) for k in outside])
+        + "\nA manifest may only name files under its root (so that a manifest from elsewhere cannot read other "
+        "files). Fix the paths, pass root= the folder that holds the images, or allow_outside_root=True to "
+        "read them anyway."
+    )
+
+
+def _shown(path: str) -> str:
+    normal = os.path.normpath(path)
+    return path if normal == path else f"{path} (that is {normal})"
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
