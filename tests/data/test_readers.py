@@ -468,3 +468,106 @@ def test_trained_tasks_keep_integer_class_cells_as_indices(tmp_path):
     test = read_filenames(utkface(tmp_path / "test", list(UTK)[:2]), UTKFACE_PATTERN, tasks=train.tasks)
     assert test.labels("race").tolist() == [UTK[Path(p).name][2] for p in test.paths]
     assert test.tasks["gender"].class_names == ["male", "female"] and test.vocabularies == {}
+
+
+# -- stratified train / val / test split ------------------------------------------------------------------
+def faces(tmp_path: Path, n_per_race=(40, 20, 10, 6, 4)) -> "hn.data.readers.ReaderDataset":
+    names, k = [], 0
+    for race, count in enumerate(n_per_race):
+        for j in range(count):
+            names.append(f"{20 + j}_{j % 2}_{race}_2017011714{k:07d}.jpg.chip.jpg")
+            k += 1
+    root = tmp_path / "faces"
+    for name in names:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")  # labels come from names: no image is opened
+    return read_filenames(root, UTKFACE_PATTERN, tasks=UTKFACE_TASKS)
+
+
+def test_split_val_test_is_stratified_by_the_first_class_task(tmp_path):
+    ds = faces(tmp_path)  # 80 samples; races of 40, 20, 10, 6, 4; gender (binary) comes first
+    train, val, test = ds.split(val=0.25, test=0.25, seed=0, stratify="race")
+    assert (len(train), len(val), len(test)) == (40, 20, 20)  # exact sizes: rint(80 * 0.5), 20, the rest
+    for part in (val, test):
+        counts = np.bincount(part.labels("race"), minlength=5)
+        expected = np.array([40, 20, 10, 6, 4]) * 0.25  # each class in the part's proportion
+        assert np.all(np.abs(counts - expected) <= 1), counts
+        assert part.vocabularies == ds.vocabularies and part.tasks == ds.tasks
+    assert sorted(p for part in (train, val, test) for p in part.paths) == sorted(ds.paths)
+    # Deterministic by seed; another seed, other parts.
+    again = ds.split(val=0.25, test=0.25, seed=0, stratify="race")
+    assert [p.paths for p in again] == [p.paths for p in (train, val, test)]
+    assert ds.split(val=0.25, test=0.25, seed=1, stratify="race").val.paths != val.paths
+    # Default: the first class task (gender); a regression task is never stratified on.
+    parts = ds.split(val=0.5, seed=3)
+    assert parts.test is None and len(parts.val) == 40
+    assert np.bincount(parts.val.labels("gender")).tolist() == [20, 20]
+    with pytest.raises(ValueError, match=r"stratify='age' is a regression task.*gender, race.*stratify=None"):
+        ds.split(val=0.1, stratify="age")
+    with pytest.raises(ValueError, match=r"Unknown stratify task 'rac'. Did you mean 'race'\?"):
+        ds.split(val=0.1, stratify="rac")
+
+
+def test_an_unstratified_split_draws_classes_by_chance(tmp_path):
+    # Against the stratified split above: a plain shuffle (stratify=None) misses the 25 % share of some
+    # class for some seed, which the stratified split never does (the reason to stratify).
+    ds = faces(tmp_path)
+    truth = np.array([40, 20, 10, 6, 4]) * 0.25
+
+    def worst(stratify):
+        return max(
+            np.abs(np.bincount(ds.split(val=0.25, seed=s, stratify=stratify).val.labels("race"), minlength=5) - truth).max()
+            for s in range(10)
+        )
+
+    assert worst("race") <= 1 < worst(None)
+
+
+def test_split_keeps_the_fraction_form_and_checks_its_arguments(tmp_path):
+    ds = faces(tmp_path)
+    parts = ds.split([0.5, 0.3, 0.2], seed=2)
+    assert isinstance(parts, list) and [len(p) for p in parts] == [40, 24, 16]
+    with pytest.raises(ValueError, match="Give fractions=\\[...\\] or val= / test=, not both"):
+        ds.split([0.5, 0.5], val=0.1)
+    with pytest.raises(ValueError, match=r"val \+ test < 1"):
+        ds.split(val=0.6, test=0.4)
+    with pytest.raises(ValueError, match=r"val must be a finite number >= 0.0 and <= 1.0, got -0.1"):
+        ds.split(val=-0.1)
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+        ds.split(val=0.1, seed=-1)
+
+
+def test_split_indices_formula_on_hand_counts():
+    from hydranet.data.split import split_indices
+
+    strata = np.repeat([0, 1, 2], [6, 3, 1])
+    parts = split_indices(10, [0.5, 0.3, 0.2], seed=0, strata=strata)
+    assert [len(p) for p in parts] == [5, 3, 2]  # rint(5), rint(8) - 5, the rest
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(10))
+    # Class 0 (6 samples) gives 3, 1.8, 1.2 by proportion: each part within one of that.
+    assert [int(np.sum(strata[p] == 0)) for p in parts] in ([3, 2, 1], [3, 1, 2], [4, 1, 1], [2, 2, 2])
+
+
+# -- images in sub-folders with recursive=False ---------------------------------------------------------------
+def test_images_only_in_sub_folders_need_recursive(tmp_path):
+    names = list(UTK)
+    root = tmp_path / "UTKFace"
+    utkface(root / "part1", names[:2])
+    utkface(root / "part2", names[2:])
+    with pytest.raises(ValueError, match=r"no image in .*UTKFace itself, but 4 in its sub-folders part1/ \(2\), "
+                       r"part2/ \(2\): pass recursive=True"):
+        read_filenames(root, UTKFACE_PATTERN, tasks=UTKFACE_TASKS)
+    assert len(read_filenames(root, UTKFACE_PATTERN, tasks=UTKFACE_TASKS, recursive=True)) == 4
+
+
+def test_images_in_sub_folders_beside_top_level_ones_are_counted_in_one_warning(tmp_path):
+    names = list(UTK)
+    root = utkface(tmp_path / "UTKFace", names[:1])
+    utkface(root / "part2", names[1:])
+    with pytest.warns(ReaderWarning) as record:
+        ds = read_filenames(root, UTKFACE_PATTERN, tasks=UTKFACE_TASKS)
+    messages = [str(w.message) for w in record if "sub-folders" in str(w.message)]
+    assert len(messages) == 1 and "3 image(s) in sub-folders" in messages[0] and "recursive=True" in messages[0]
+    assert len(ds) == 1
+    with pytest.raises(TypeError, match="recursive must be True or False, got 'false'"):
+        read_filenames(root, UTKFACE_PATTERN, tasks=UTKFACE_TASKS, recursive="false")

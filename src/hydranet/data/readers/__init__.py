@@ -9,6 +9,7 @@ whose label arrays are known without opening an image), with its ``tasks``, clas
 :func:`read_filenames`        labels in file names: ``30_0_3_20170117145159065.jpg.chip.jpg``
 :func:`read_manifest`         a CSV / JSON / Parquet manifest: image paths or feature columns
 :func:`read_detection`        boxes (and landmarks) per image plus image-level labels
+:func:`read_hf`               a Hugging Face ``datasets.Dataset``: labels from its Arrow columns
 ============================  ===========================================================
 
 They share their options: ``tasks`` (names, or ``{name: kind, Task fields or Task}``),
@@ -16,11 +17,12 @@ They share their options: ``tasks`` (names, or ``{name: kind, Task fields or Tas
 ``unknown`` (class names of another split), ``verify`` and ``on_error`` (unreadable images).
 """
 
-from hydranet.data.readers.base import ImageSamples, ReaderDataset
+from hydranet.data.readers.base import ImageSamples, Parts, ReaderDataset
 from hydranet.data.readers.columns import ReaderWarning, Skipped, load_vocabularies, save_vocabularies
 from hydranet.data.readers.detection import read_detection
 from hydranet.data.readers.filenames import UTKFACE_PATTERN, UTKFACE_TASKS, read_filenames
 from hydranet.data.readers.folders import read_folders
+from hydranet.data.readers.hf import read_hf, read_hf_path
 from hydranet.data.readers.images import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
@@ -42,6 +44,7 @@ __all__ = [
     "DefaultTransform",
     "ImageReadError",
     "ImageSamples",
+    "Parts",
     "ReaderDataset",
     "ReaderWarning",
     "Skipped",
@@ -52,6 +55,8 @@ __all__ = [
     "read_detection",
     "read_filenames",
     "read_folders",
+    "read_hf",
+    "read_hf_path",
     "read_manifest",
     "save_vocabularies",
 ]

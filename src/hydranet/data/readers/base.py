@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from hydranet._checks import check_choice
+from hydranet._checks import check_choice, check_number
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
 from hydranet.data.readers.images import DefaultTransform, ImageReadError, check_images, load_image
+from hydranet.data.split import split_indices, strata
 from hydranet.tasks import Task
 
-__all__ = ["ImageSamples", "ReaderDataset"]
+__all__ = ["ImageSamples", "Parts", "ReaderDataset"]
 
 Verify = Literal[False, True, "decode"]
 OnError = Literal["error", "skip"]
@@ -112,6 +113,14 @@ def _present(column: np.ndarray) -> np.ndarray:
     return column != -1
 
 
+class Parts(NamedTuple):
+    """``ReaderDataset.split(val=..., test=...)``: the training part and the others (``None`` if not asked)."""
+
+    train: ReaderDataset
+    val: ReaderDataset | None
+    test: ReaderDataset | None
+
+
 class ReaderDataset(MultiTaskDataset):
     """A :class:`~hydranet.data.MultiTaskDataset` read from files by a reader.
 
@@ -124,8 +133,9 @@ class ReaderDataset(MultiTaskDataset):
     * ``samples``: the per-sample dataset (an :class:`ImageSamples`, or a ``TensorDataset`` for a
       tabular manifest); ``paths``: its image files (None for tabular data);
     * ``collate_fn``: :func:`hydranet.data.make_collate` keeping the ragged tasks (boxes) as lists;
-    * ``split([0.8, 0.2])`` and ``subset(indices)``: parts of the read with the same tasks and class
-      indices, for a layout that is not split on disk (UTKFace, one CSV).
+    * ``split(val=0.1, test=0.1, seed=0)`` (or ``split([0.8, 0.2])``), stratified by a class task, and
+      ``subset(indices)``: parts of the read with the same tasks and class indices, for a layout that is
+      not split on disk (UTKFace, one CSV).
     """
 
     vocabularies: dict[str, list[str]]
@@ -188,26 +198,64 @@ class ReaderDataset(MultiTaskDataset):
             skipped=self.skipped,
         )
 
-    def split(self, fractions: Sequence[float], *, seed: int = 0) -> list[ReaderDataset]:
-        """Disjoint random parts, e.g. ``train, val = ds.split([0.8, 0.2])``, sharing tasks and vocabularies.
+    def split(
+        self,
+        fractions: Sequence[float] | None = None,
+        *,
+        val: float | None = None,
+        test: float | None = None,
+        seed: int = 0,
+        stratify: str | None = "auto",
+    ) -> Any:
+        """Disjoint random parts sharing this read's tasks, class indices and vocabularies.
+
+        Two forms:
+
+        * ``train, val = ds.split([0.8, 0.2])``: one part per fraction (a list);
+        * ``train, val, test = ds.split(val=0.1, test=0.1)``: a :class:`Parts` ``(train, val, test)``, the
+          training part taking the rest; a part of fraction 0 (or not given) is ``None``.
+
+        The split is stratified (see :mod:`hydranet.data.split`): each class of the ``stratify`` task is
+        shared among the parts in their proportions (up to rounding), and the part sizes are those of
+        the fractions exactly.
 
         Args:
             fractions: the share of the samples each part gets, positive, summing to 1 (rounded part
                 sizes; the last part takes the rest).
+            val, test: the shares of the validation and test parts, in ``[0, 1)`` with ``val + test < 1``
+                (instead of ``fractions``).
             seed: fixes the shuffle, so the same data and seed always give the same parts.
+            stratify: a binary or multiclass task; ``"auto"`` (default): the first one, if any;
+                ``None``: a plain random split. Regression tasks are never stratified on.
         """
-        shares = np.asarray(fractions, dtype=np.float64)
-        if shares.ndim != 1 or shares.size < 1 or not np.all(shares > 0) or not np.isclose(shares.sum(), 1.0):
-            raise ValueError(f"fractions must be positive shares summing to 1, e.g. [0.8, 0.2]; got {list(fractions)}.")
-        order = np.random.default_rng(seed).permutation(len(self))
-        bounds = np.rint(np.cumsum(shares)[:-1] * len(self)).astype(np.int64)
-        parts = np.split(order, bounds)
+        if fractions is not None and (val is not None or test is not None):
+            raise ValueError("Give fractions=[...] or val= / test=, not both.")
+        named = fractions is None
+        if named:
+            shares = {"val": val, "test": test}
+            for name, value in shares.items():
+                if value is not None:
+                    shares[name] = check_number(name, value, 0.0, 1.0, hint="a share of the samples, e.g. 0.1")
+            rest = 1.0 - sum(v or 0.0 for v in shares.values())
+            if rest <= 0 or not any(shares.values()):
+                raise ValueError(
+                    f"split(val={val!r}, test={test!r}): give val and/or test as shares in [0, 1) with val + test < 1, "
+                    "e.g. split(val=0.1, test=0.1); the training part takes the rest."
+                )
+            present = [name for name, value in shares.items() if value]
+            fractions = [rest, *(shares[name] for name in present)]
+        _, labels = strata(self, stratify)
+        parts = split_indices(len(self), fractions, seed=seed, strata=labels)
         empty = [k for k, part in enumerate(parts) if part.size == 0]
         if empty:
             raise ValueError(
                 f"fractions {list(fractions)} of {len(self)} samples leave part(s) {empty} empty; use larger shares."
             )
-        return [self.subset(np.sort(part)) for part in parts]
+        out = [self.subset(part) for part in parts]
+        if not named:
+            return out
+        found = dict(zip(["train", *present], out))
+        return Parts(found["train"], found.get("val"), found.get("test"))
 
     def save_vocabularies(self, path: str | os.PathLike[str]) -> None:
         """Write :attr:`vocabularies` as JSON, to read another split (or decode predictions) with them."""

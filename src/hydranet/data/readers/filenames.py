@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from hydranet._checks import check_bool
 from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
@@ -30,7 +32,14 @@ from hydranet.data.readers.base import (
     resolve_transform,
     screen_images,
 )
-from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column
+from hydranet.data.readers.columns import (
+    Skipped,
+    TasksArg,
+    as_vocabularies,
+    declare_tasks,
+    encode_column,
+    reader_warning,
+)
 from hydranet.data.readers.folders import check_root, image_files
 from hydranet.data.readers.images import IMAGE_EXTENSIONS
 
@@ -78,9 +87,13 @@ def read_filenames(
             exception an invalid value.
         transform, image_size, vocabularies, unknown, extensions, verify, on_error: as in
             :func:`~hydranet.data.readers.read_folders`.
-        recursive: also read the images in sub-folders.
+        recursive: also read the images in sub-folders (the UTKFace download comes as ``part1/``,
+            ``part2/``, ``part3/``). Without it, images found only in sub-folders are an error, and
+            images in sub-folders beside the top-level ones a :class:`ReaderWarning` with their count;
+            both name the fix, ``recursive=True``.
     """
     check_policies(verify, on_error, unknown)
+    check_bool("recursive", recursive)
     transform = resolve_transform(transform, image_size)
     base = check_root(root)
     regex = re.compile(pattern)
@@ -98,6 +111,8 @@ def read_filenames(
     vocab = as_vocabularies(vocabularies, declared)
 
     paths = np.array(image_files(base, extensions, recursive=recursive), dtype=object)
+    if not recursive:
+        _check_nested(base, extensions, len(paths))
     if not len(paths):
         raise ValueError(f"No image ({', '.join(extensions)}) in {base}.")
     matches = [regex.fullmatch(os.path.basename(p)) for p in paths]
@@ -129,4 +144,24 @@ def read_filenames(
         transform=transform,
         skipped=skipped + bad_files,
         total=len(keep),
+    )
+
+
+def _check_nested(base: Path, extensions: Sequence[str], top: int) -> None:
+    """Images in sub-folders that ``recursive=False`` leaves out: an error if there is no other image, else
+    a warning, both with their count and the fix."""
+    folders = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    counts = {name: len(image_files(base / name, extensions, recursive=True)) for name in folders}
+    nested = sum(counts.values())
+    if not nested:
+        return
+    where = ", ".join(f"{name}/ ({n})" for name, n in counts.items() if n)
+    if top == 0:
+        raise ValueError(
+            f"read_filenames: no image in {base} itself, but {nested} in its sub-folders {where}: pass "
+            "recursive=True to read them."
+        )
+    reader_warning(
+        f"read_filenames: {nested} image(s) in sub-folders of {base} are not read ({where}), only the {top} "
+        "directly in it: pass recursive=True to read them too."
     )

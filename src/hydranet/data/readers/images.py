@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hydranet._checks import check_bool
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -130,7 +132,7 @@ class DefaultTransform:
         grayscale: bool = False,
     ) -> None:
         self.size = _pair(size)
-        self.grayscale = bool(grayscale)
+        self.grayscale = check_bool("grayscale", grayscale)
         channels = 1 if grayscale else 3
         if (mean is None) != (std is None):
             raise ValueError("Give both mean and std to normalise, or neither to keep values in [0, 1].")
