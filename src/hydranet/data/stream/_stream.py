@@ -5,12 +5,15 @@ The vocabulary is :class:`~hydranet.data.TaskBatchSampler`'s, over one iterable 
 * **one task per batch** (a schedule: ``round_robin``, ``proportional``, ``temperature``, weights
   ``{"a": 1, "b": 3}``; the last three with shares :math:`p_t`), or **quotas** per batch
   (``{"a": 2, "b": 6}``: every batch holds exactly :math:`q_t` samples of task :math:`t`);
-* the task of *rank step* :math:`s` (the :math:`s`-th batch a rank trains on) depends only on
-  ``(seed, epoch, s)``: round robin is :math:`s \bmod T`; weighted schedules lay out blocks of 4096 steps
-  with exactly :math:`4096 p_t` steps of task :math:`t` (largest remainders) in a stratified random order
-  (:func:`~hydranet.data.schedule.interleave`), so over any :math:`L` steps task :math:`t` has
-  :math:`L p_t` batches up to :math:`\pm T`, tighter than independent draws. Every rank trains the same task
-  at the same step.
+* the task of a batch depends only on ``(seed, epoch)``, the DataLoader worker :math:`w` of :math:`W` that
+  makes it and its number :math:`j` among that worker's batches (rank step :math:`s = jW + w`), never on
+  the rank: every rank trains the same task at the same step. Each worker follows the schedule on its own,
+  so that it needs its sources in the schedule's shares (it reads only its own share of them, see below):
+  round robin is :math:`s \bmod T` when :math:`\gcd(T, W) = 1` and :math:`(j + w) \bmod T` otherwise;
+  weighted schedules lay out blocks of 4096 batches per worker with exactly :math:`4096 p_t` of task
+  :math:`t` (largest remainders) in a stratified random order (:func:`~hydranet.data.schedule.interleave`),
+  so over any :math:`L` batches a worker has :math:`L p_t` of task :math:`t` up to :math:`\pm T`, tighter
+  than independent draws.
 
 **Stopping** (one epoch of the stream):
 
@@ -29,14 +32,16 @@ all shards). With a share :math:`p_t` (1 with quotas) and a width :math:`b_t` (`
 one pass over task :math:`t` lasts :math:`k_t / p_t` rank steps, :math:`k_t = n_t / (R b_t)`:
 ``first_exhausted`` is :math:`N = \lfloor \min_t k_t / p_t \rfloor` steps and ``all_exhausted``
 :math:`N = \lceil \max_t k_t / p_t \rceil`; a consumer whose shards are shorter than average restarts them,
-one whose shards are longer leaves their end for the next epoch's pass. Declared sizes fix :math:`N` in one
+one whose shards are longer leaves their end unread this epoch (the schedule's :math:`\pm T` per
+worker counts as shorter by up to a batch of each task: quotas or round robin over sources whose shards are
+equal are exact). Declared sizes fix :math:`N` in one
 process too (the same epochs at any scale); without them one process observes the stop on the data.
 
 **Resume.** ``state_dict()`` in a consumer (what torchdata's ``StatefulDataLoader`` calls in each worker)
 is exact and cheap: the epoch, the steps made, and every source's position, shuffle-buffer positions, class
 counts and generator states. ``state_dict(position=k)`` is the rank-level form a training loop can save
 with any DataLoader (``k`` batches consumed): a resume regenerates, without collating, the batches before
-``k``, so it is exact for any number of workers, at the cost of re-reading them.
+``k``, so it is exact (with the same ranks and workers) at the cost of re-reading them.
 """
 
 from __future__ import annotations
@@ -254,7 +259,7 @@ class MultiTaskStream(IterableDataset):
                 raise ValueError(
                     f"This state was saved by consumer {pending['consumer']} of {pending['consumers']} (ranks x "
                     f"workers) and is loaded into consumer {consumer} of {consumers}. Resume with the same ranks and "
-                    "workers, or save state_dict(position=<batches consumed>), which any layout can resume."
+                    "workers."
                 )
             self._epoch = int(pending["epoch"])
             run = self._new_run(consumer, consumers, worker, workers)
@@ -263,7 +268,10 @@ class MultiTaskStream(IterableDataset):
             if pending is not None:
                 self._epoch = int(pending["epoch"])
                 position = int(pending["position"])
-                skip = len(range(worker, position, workers))  # this worker's steps among the first `position`
+                # The DataLoader asks worker 0 first, so worker 0 plays the worker that made step `position`.
+                worker = (worker + position) % workers
+                consumer = self.rank * workers + worker
+                skip = len(range(worker, position, workers))  # this role's steps among the first `position`
             elif self._finished:
                 self._epoch += 1
             self._finished = False
@@ -284,13 +292,13 @@ class MultiTaskStream(IterableDataset):
         n = self.steps_per_epoch
         restart = n is not None or self.stop == "all_exhausted"
         watch_all = n is None and self.stop == "all_exhausted"
-        plan = _TaskPlan(self.schedule, self._p, self.seed, self._epoch)
+        plan = _TaskPlan(self.schedule, self._p, self.seed, self._epoch, run.worker, run.workers)
         while True:
             step = run.worker + run.made * run.workers  # the rank step this batch is
             if n is not None and step >= n:
                 break
             if self.quotas is None:
-                t = plan.task(step)
+                t = plan.task(run.made)
                 samples = run.pipes[t].take(self.batch_size, restart)
             else:
                 parts = [p.take(self.quotas[p.task], restart) for p in run.pipes]
@@ -325,8 +333,8 @@ class MultiTaskStream(IterableDataset):
 
         Args:
             position: batches of the current epoch the training loop consumed on this rank. Given, the
-                rank-level state ``{"seed", "epoch", "position"}`` (any DataLoader, any number of workers,
-                resumed by regenerating the skipped batches). Otherwise, inside the consumer that iterates
+                rank-level state ``{"seed", "epoch", "position"}`` (any DataLoader; resumed with the same
+                ranks and workers by regenerating the skipped batches without collating them). Otherwise, inside the consumer that iterates
                 (the main process with ``num_workers=0``, or a worker, as ``StatefulDataLoader`` calls it), the
                 exact consumer state; before any iteration, position 0 of the current epoch.
         """
@@ -391,21 +399,27 @@ class _Run:
 
 
 class _TaskPlan:
-    """The task of each rank step (see the module docstring), a block of steps at a time."""
+    """The task of each batch of a worker (see the module docstring), a block of batches at a time."""
 
-    def __init__(self, schedule: Schedule | None, p: np.ndarray, seed: int, epoch: int) -> None:
+    def __init__(self, schedule: Schedule | None, p: np.ndarray, seed: int, epoch: int, worker: int,
+                 workers: int) -> None:
         self.schedule, self.p, self.seed, self.epoch = schedule, p, seed, epoch
+        self.worker, self.workers = worker, workers
         self._block, self._tasks = -1, np.zeros(0, dtype=np.int32)
 
-    def task(self, step: int) -> int:
+    def task(self, j: int) -> int:
+        """The task of this worker's ``j``-th batch (rank step ``j * workers + worker``)."""
+        n = len(self.p)
         if isinstance(self.schedule, RoundRobin):
-            return step % len(self.p)
-        block = step // _BLOCK
+            if math.gcd(n, self.workers) == 1:
+                return (j * self.workers + self.worker) % n  # a, b, c, ... at the rank level too
+            return (j + self.worker) % n  # every worker still cycles through all tasks
+        block = j // _BLOCK
         if block != self._block:
-            rng = np.random.default_rng([self.seed, self.epoch, block, 3])
+            rng = np.random.default_rng([self.seed, self.epoch, block, self.worker, 3])
             self._tasks = interleave(apportion(_BLOCK, self.p), self.p, rng)[0]
             self._block = block
-        return int(self._tasks[step % _BLOCK])
+        return int(self._tasks[j % _BLOCK])
 
 
 def _check_stop(stop: Any) -> str | int:
