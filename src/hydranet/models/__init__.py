@@ -1,6 +1,6 @@
-"""Multi-task models: one backbone with a head per task (:class:`HydraNet`), and soft sharing
-(:class:`MMoE`, :class:`CGC`, :class:`PLE`, :class:`CrossStitch`), on the backbones of
-:mod:`hydranet.models.backbones`.
+"""Multi-task models: one backbone with a head per task (:class:`HydraNet`), soft sharing
+(:class:`MMoE`, :class:`CGC`, :class:`PLE`, :class:`DSelectK`, :class:`CrossStitch`), per-task attention
+(:class:`MTAN`) and learned branching (:class:`LTB`), on the backbones of :mod:`hydranet.models.backbones`.
 
 Every architecture follows one contract: ``model(x, tasks=None, return_features=False) -> {task:
 output}``, ``model.tasks``, ``model.shared_parameters()``, ``model.task_parameters(task)`` and
@@ -17,9 +17,12 @@ from typing import Any
 from torch import nn
 
 from hydranet.models.backbones import BACKBONES, MLP, ConvNet, LeNet, build_backbone, from_timm, from_torchvision
+from hydranet.models.branching import LTB
+from hydranet.models.dselect import DSelectGate, DSelectK, smooth_step
 from hydranet.models.experts import CGC, PLE, CrossStitch, MLPExperts, MMoE, ModuleExperts
 from hydranet.models.heads import TaskDict, build_heads, make_head
-from hydranet.models.hydra import HydraNet, MultiTaskModel, UnknownTaskError, find_feature_dim
+from hydranet.models.hydra import HeadOptions, HydraNet, MultiTaskModel, UnknownTaskError, find_feature_dim
+from hydranet.models.mtan import MTAN
 from hydranet.models.init import init_output_bias
 from hydranet.tasks import Task
 
@@ -29,11 +32,16 @@ __all__ = [
     "CGC",
     "ConvNet",
     "CrossStitch",
+    "DSelectGate",
+    "DSelectK",
+    "HeadOptions",
     "HydraNet",
+    "LTB",
     "LeNet",
     "MLP",
     "MLPExperts",
     "MMoE",
+    "MTAN",
     "ModuleExperts",
     "MultiTaskModel",
     "PLE",
@@ -47,6 +55,7 @@ __all__ = [
     "from_torchvision",
     "init_output_bias",
     "make_head",
+    "smooth_step",
 ]
 
 #: Architectures by config name.
@@ -56,7 +65,15 @@ ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
     "cgc": CGC,
     "ple": PLE,
     "cross_stitch": CrossStitch,
+    "mtan": MTAN,
+    "dselect_k": DSelectK,
+    "ltb": LTB,
 }
+
+#: Architectures whose ``backbone`` is the shared network itself, and those that copy it as a column per
+#: task (or node); the others read the backbone's features as their shared bottom.
+_BACKBONE_ARCHITECTURES: tuple[type[MultiTaskModel], ...] = (HydraNet, MTAN)
+_COLUMN_ARCHITECTURES: tuple[type[MultiTaskModel], ...] = (CrossStitch, LTB)
 
 
 def build_architecture(
@@ -73,9 +90,10 @@ def build_architecture(
     """A multi-task model from a config: an architecture name and a backbone (module, name or spec).
 
     ``backbone`` is a module, a registry name, or ``{"name": ..., **arguments}`` for
-    :func:`~hydranet.models.backbones.build_backbone`. It is the shared backbone of ``"hydra"``, the shared
-    bottom of ``"mmoe"``, ``"cgc"`` and ``"ple"``, and the column of ``"cross_stitch"`` (one fresh copy
-    per task). ``options`` are the architecture's own arguments (``num_experts``, ``levels``, ...).
+    :func:`~hydranet.models.backbones.build_backbone`. It is the shared backbone of ``"hydra"`` and
+    ``"mtan"``, the shared bottom of ``"mmoe"``, ``"cgc"``, ``"ple"`` and ``"dselect_k"``, and the column of
+    ``"cross_stitch"`` (one fresh copy per task) and ``"ltb"`` (one per node). ``options`` are the
+    architecture's own arguments (``num_experts``, ``levels``, ``k``, ``branches``, ...).
     """
     if name not in ARCHITECTURES:
         close = difflib.get_close_matches(str(name), list(ARCHITECTURES), n=1)
@@ -92,10 +110,10 @@ def build_architecture(
         raise ValueError(f"Unknown option(s) {unknown} for architecture {name!r}; allowed: {', '.join(allowed)}.")
     make: Callable[[], nn.Module] = _backbone_factory(backbone, input_shape)
     common = dict(head=head, hidden=hidden, dropout=dropout, input_shape=input_shape, **options)
-    if cls is HydraNet:
-        return HydraNet(make(), tasks, **common)
-    if cls is CrossStitch:
-        return CrossStitch(make if not isinstance(backbone, nn.Module) else backbone, tasks, **common)
+    if cls in _BACKBONE_ARCHITECTURES:
+        return cls(make(), tasks, **common)  # type: ignore[call-arg]
+    if cls in _COLUMN_ARCHITECTURES:
+        return cls(make if not isinstance(backbone, nn.Module) else backbone, tasks, **common)  # type: ignore[call-arg]
     bottom = make()
     return cls(tasks, bottom, **common)  # type: ignore[call-arg]
 

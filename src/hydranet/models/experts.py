@@ -52,9 +52,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hydranet.models.heads import HeadSpec, TaskDict, activation, build_heads
-from hydranet.models.hydra import MultiTaskModel, TaskSelection, dry_run, find_feature_dim, flat_size
-from hydranet.tasks import Task
+from hydranet.models.heads import activation
+from hydranet.models.hydra import (
+    DropoutArg,
+    HeadArg,
+    HeadOptions,
+    HiddenArg,
+    MultiTaskModel,
+    TaskSelection,
+    dry_run,
+    find_feature_dim,
+    flat_size,
+)
+from hydranet.tasks import Task, TaskDict
 
 __all__ = ["MLPExperts", "ModuleExperts", "PLE", "CGC", "MMoE", "CrossStitch"]
 
@@ -162,7 +172,8 @@ class PLE(MultiTaskModel):
             ``lambda: ConvNet(3, (16, 32))`` on raw images); each returns ``[batch, H]``. Higher levels use
             MLP experts reading :math:`H`-vectors.
         activation, expert_dropout: of the MLP experts.
-        heads, head, hidden, dropout: the towers, as for :class:`~hydranet.models.HydraNet`; they read
+        heads, head, hidden, dropout: the towers (:class:`~hydranet.models.hydra.HeadOptions`), as for
+            :class:`~hydranet.models.HydraNet`; they read
             the task's mixture :math:`g^k_N`, a vector of size :math:`H`.
         feature_dim: size of the first level's input vectors (the bottom's feature size, or the flattened
             input size), when the bottom does not announce it.
@@ -182,9 +193,9 @@ class PLE(MultiTaskModel):
         activation: str = "relu",
         expert_dropout: float = 0.0,
         heads: Mapping[str, nn.Module] | None = None,
-        head: HeadSpec | Mapping[str, HeadSpec] = "linear",
-        hidden: int | Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
-        dropout: float | Mapping[str, float] = 0.0,
+        head: HeadArg = "linear",
+        hidden: HiddenArg = None,
+        dropout: DropoutArg = 0.0,
         feature_dim: int | None = None,
         input_shape: int | Sequence[int] | None = None,
     ) -> None:
@@ -268,9 +279,7 @@ class PLE(MultiTaskModel):
                 )
             )
         self.levels = nn.ModuleList(levels_list)
-        self.heads = build_heads(self.tasks, self.expert_dim, heads=heads, head=head, hidden=hidden, dropout=dropout)
-        self._set_head_widths(self.expert_dim, set(heads or {}))
-        self._check_partition()
+        self._attach_heads(self.expert_dim, HeadOptions(heads, head, hidden, dropout))
 
     def _factory_width(self, expert: Callable[[], nn.Module], u_shape: tuple[int, ...] | None, name: str) -> int:
         probe = expert()
@@ -320,6 +329,12 @@ class PLE(MultiTaskModel):
     def heads_from_features(self, features: Tensor, tasks: TaskSelection = None) -> dict[str, Tensor]:
         """The towers of ``tasks`` on their top-level mixtures, from :meth:`features`' output."""
         names = self.select_tasks(tasks)
+        shared_out, inputs = self._top_inputs(features, names)
+        top = self.levels[-1]
+        return {t: self._head(t, top.task_mixture(t, inputs[t], shared_out)) for t in names}
+
+    def _top_inputs(self, features: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """From :meth:`features`' output: the top level's shared-expert outputs and each task's top-level input."""
         expected = self.n_shared * self.expert_dim + (
             self.input_size if self.n_levels == 1 else len(self.tasks) * self.expert_dim
         )
@@ -339,8 +354,7 @@ class PLE(MultiTaskModel):
         else:
             index = {t: i for i, t in enumerate(self.tasks)}
             inputs = {t: top_in[:, index[t]] for t in names}
-        top = self.levels[-1]
-        return {t: self._head(t, top.task_mixture(t, inputs[t], shared_out)) for t in names}
+        return shared_out, inputs
 
     def _task_modules(self, task: str) -> list[nn.Module]:
         top = self.levels[-1]
@@ -427,9 +441,9 @@ class CrossStitch(MultiTaskModel):
         *,
         alpha_same: float = 0.9,
         heads: Mapping[str, nn.Module] | None = None,
-        head: HeadSpec | Mapping[str, HeadSpec] = "linear",
-        hidden: int | Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
-        dropout: float | Mapping[str, float] = 0.0,
+        head: HeadArg = "linear",
+        hidden: HiddenArg = None,
+        dropout: DropoutArg = 0.0,
         feature_dim: int | None = None,
         input_shape: int | Sequence[int] | None = None,
     ) -> None:
@@ -463,11 +477,7 @@ class CrossStitch(MultiTaskModel):
         # the size a column returns: announced by the column, or measured on bottom + column
         measure = nn.Sequential(bottom, prototype) if bottom is not None and input_shape is not None else prototype
         self.feature_dim, probe = find_feature_dim(measure, feature_dim, input_shape)
-        self.heads = build_heads(self.tasks, self.feature_dim, heads=heads, head=head, hidden=hidden, dropout=dropout)
-        self._set_head_widths(self.feature_dim, set(heads or {}))
-        self._check_partition()
-        if probe is not None:
-            self._probe_heads(probe)
+        self._attach_heads(self.feature_dim, HeadOptions(heads, head, hidden, dropout), probe)
 
     @staticmethod
     def _segments(column: nn.Sequential) -> list[nn.Sequential]:

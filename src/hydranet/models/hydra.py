@@ -19,6 +19,14 @@ MMoE, CGC/PLE, cross-stitch):
   which every shared parameter reaches the task losses only through ``features``, and the parameters
   of task :math:`t` only reach the loss of :math:`t`;
 * ``model.heads_from_features(features, tasks)``: the task-specific rest of the forward pass.
+
+``features`` is one tensor, or a tuple of tensors where the task-specific part starts from several
+places (the stages of :class:`~hydranet.models.MTAN`, the branch points of a finalized
+:class:`~hydranet.models.LTB`); the balancer accepts both.
+
+The head keywords every architecture takes (``heads``, ``head``, ``hidden``, ``dropout``) travel
+together as :class:`HeadOptions`; :meth:`MultiTaskModel._attach_heads` builds and checks the heads from
+them, once for all architectures.
 """
 
 from __future__ import annotations
@@ -26,20 +34,57 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hydranet.models.heads import HeadSpec, build_heads, head_in_features
-from hydranet.tasks import Task, as_task_dict
+from hydranet.tasks import Task, TaskDict, as_task_dict
 
-__all__ = ["MultiTaskModel", "HydraNet", "UnknownTaskError", "find_feature_dim", "dry_run", "flat_size"]
+__all__ = [
+    "MultiTaskModel",
+    "HydraNet",
+    "HeadOptions",
+    "Features",
+    "UnknownTaskError",
+    "find_feature_dim",
+    "dry_run",
+    "flat_size",
+]
 
 #: Attributes a backbone may carry to announce its feature size (hydranet / torchvision-style, timm).
 FEATURE_ATTRIBUTES: tuple[str, ...] = ("out_features", "feature_dim", "head_hidden_size", "num_features")
 
 TaskSelection = Sequence[str] | str | None
+
+#: The types of the head keywords, shared by every architecture's signature.
+HeadArg = HeadSpec | Mapping[str, HeadSpec]
+HiddenArg = int | Sequence[int] | Mapping[str, int | Sequence[int]] | None
+DropoutArg = float | Mapping[str, float]
+#: What ``features`` returns: one tensor, or a tuple of tensors (one per place the task-specific part reads).
+Features = Tensor | tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """How an architecture's heads are made: given modules, and the look of the built ones.
+
+    The fields are the head keywords of every architecture (see :class:`HydraNet`): ``heads`` (explicit
+    modules for some tasks), ``head`` (``"linear"``, ``"mlp"`` or per-task specs), ``hidden`` (sizes of
+    ``mlp`` heads) and ``dropout``.
+    """
+
+    heads: Mapping[str, nn.Module] | None = None
+    head: HeadArg = "linear"
+    hidden: HiddenArg = None
+    dropout: DropoutArg = 0.0
+
+    @property
+    def given(self) -> set[str]:
+        """The tasks whose head module was given."""
+        return set(self.heads or {})
 
 
 class UnknownTaskError(KeyError, ValueError):
@@ -167,11 +212,11 @@ class MultiTaskModel(nn.Module):
                 raise _unknown(name, list(self.tasks))
         return names
 
-    def features(self, x: Any) -> Tensor:
+    def features(self, x: Any) -> Features:
         """The shared representation the task-specific modules read."""
         raise NotImplementedError
 
-    def heads_from_features(self, features: Tensor, tasks: TaskSelection = None) -> dict[str, Tensor]:
+    def heads_from_features(self, features: Features, tasks: TaskSelection = None) -> dict[str, Tensor]:
         """``{task: output}`` for ``tasks`` (all by default), from the output of :meth:`features`."""
         raise NotImplementedError
 
@@ -181,7 +226,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(
         self, x: Any, tasks: TaskSelection = None, return_features: bool = False
-    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Features]:
         """``{task: output}`` for the requested tasks (all by default); the shared part runs once.
 
         Args:
@@ -227,6 +272,20 @@ class MultiTaskModel(nn.Module):
                     f"A parameter of task {task!r}'s own modules is also used by another task or by the shared "
                     "part: give each task its own head module; layers used by several tasks belong in the backbone."
                 )
+
+    def _attach_heads(self, width: int | None, options: HeadOptions, probe: Tensor | None = None) -> TaskDict:
+        """Build ``self.heads`` reading ``[batch, width]``, check widths and the partition, probe them on ``probe``.
+
+        Call it last in a constructor: the partition check covers every module built before it.
+        """
+        self.heads = build_heads(
+            self.tasks, width, heads=options.heads, head=options.head, hidden=options.hidden, dropout=options.dropout
+        )
+        self._set_head_widths(width, options.given)
+        self._check_partition()
+        if probe is not None:
+            self._probe_heads(probe)
+        return self.heads
 
     def _set_head_widths(self, width: int | None, given: set[str]) -> None:
         """Record the input width of each head; built heads read exactly ``[batch, width]``."""
@@ -308,9 +367,9 @@ class HydraNet(MultiTaskModel):
         backbone: nn.Module,
         tasks: Iterable[Task] | Mapping[str, Task],
         heads: Mapping[str, nn.Module] | None = None,
-        head: HeadSpec | Mapping[str, HeadSpec] = "linear",
-        hidden: int | Sequence[int] | Mapping[str, int | Sequence[int]] | None = None,
-        dropout: float | Mapping[str, float] = 0.0,
+        head: HeadArg = "linear",
+        hidden: HiddenArg = None,
+        dropout: DropoutArg = 0.0,
         feature_dim: int | None = None,
         input_shape: int | Sequence[int] | None = None,
     ) -> None:
@@ -320,11 +379,7 @@ class HydraNet(MultiTaskModel):
         self.backbone = backbone
         built = [name for name in self.tasks if name not in (heads or {})]
         self.feature_dim, probe = find_feature_dim(backbone, feature_dim, input_shape, vectors=bool(built))
-        self.heads = build_heads(self.tasks, self.feature_dim, heads=heads, head=head, hidden=hidden, dropout=dropout)
-        self._set_head_widths(self.feature_dim, set(heads or {}))
-        self._check_partition()
-        if probe is not None:
-            self._probe_heads(probe)
+        self._attach_heads(self.feature_dim, HeadOptions(heads, head, hidden, dropout), probe)
 
     def features(self, x: Any) -> Tensor:
         """The backbone's features ``[batch, D]``."""
