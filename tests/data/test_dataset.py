@@ -435,3 +435,36 @@ def test_a_tensor_dataset_subclass_with_its_own_getitem_is_not_indexed_around():
     assert ds.labels("a").tolist() == [0, 1, 0]  # labels still read from the tensors
     items = ds.__getitems__([0, 2])
     assert isinstance(items, list) and collate(items).inputs.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+
+
+# ------------------------------------------------------------------------------------ memory of labels
+
+
+def test_shared_labels_cost_a_small_factor_of_the_label_matrix():
+    """10^6 samples x 20 binary tasks, an int8 matrix (20 MB) with a third of its labels missing.
+
+    What the dataset keeps per task is its labelled values in their dtype (<= n bytes) and a bool mask
+    (n bytes): at most 2x the matrix, plus per-task temporaries; int64 indices and labels per task would be
+    16 bytes a label (about 11x here). tracemalloc traces NumPy's allocations (torch's are not, and the
+    TensorDataset's label tensor is a view of the matrix).
+    """
+    import tracemalloc
+
+    n, k = 10**6, 20
+    labels = np.random.default_rng(0).integers(-1, 2, size=(n, k), dtype=np.int8)
+    data = TensorDataset(torch.zeros(n, 1, dtype=torch.uint8), torch.from_numpy(labels))
+    tasks = [hn.Task(f"t{j}", "binary") for j in range(k)]
+    tracemalloc.start()
+    try:
+        ds = hn.data.MultiTaskDataset.shared(data, tasks=tasks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 3 * labels.nbytes, f"peak {peak / labels.nbytes:.2f}x the label matrix"
+    # Kept in their dtype, aligned with task_indices, equal to the matrix's labelled entries.
+    column = labels[:, 7]
+    assert ds.labels("t7").dtype == np.int8
+    np.testing.assert_array_equal(ds.task_indices("t7"), np.flatnonzero(column != -1))
+    np.testing.assert_array_equal(ds.labels("t7"), column[column != -1])
+    batch = ds.__getitems__([0, 1, 2, 3])
+    np.testing.assert_array_equal(batch.masks["t7"].numpy(), column[:4] != -1)
