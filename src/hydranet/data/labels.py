@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
+from hydranet._checks import check_bool
 from hydranet.tasks import MISSING_INT, Task
 
 __all__ = [
@@ -339,6 +340,7 @@ def read_label_columns(
     Returns:
         ``{task: array}``, each array holding ``len(dataset)`` entries, missing labels included.
     """
+    check_bool("scan", scan)
     tasks = list(tasks)
     need = [t for t in tasks if need is None or t in need]
     found = _metadata(dataset, tasks, need)
