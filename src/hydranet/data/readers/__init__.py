@@ -10,7 +10,6 @@ whose label arrays are known without opening an image), with its ``tasks``, clas
 :func:`read_manifest`         a CSV / JSON / Parquet manifest: image paths or feature columns
 :func:`read_detection`        boxes (and landmarks) per image plus image-level labels
 :func:`read_hf`               a Hugging Face ``datasets.Dataset``: labels from its Arrow columns
-:func:`read_hf`               a Hugging Face ``datasets.Dataset``: labels from its Arrow columns
 ============================  ===========================================================
 
 They share their options: ``tasks`` (names, or ``{name: kind, Task fields or Task}``),
@@ -23,7 +22,6 @@ from hydranet.data.readers.columns import ReaderWarning, Skipped, load_vocabular
 from hydranet.data.readers.detection import read_detection
 from hydranet.data.readers.filenames import UTKFACE_PATTERN, UTKFACE_TASKS, read_filenames
 from hydranet.data.readers.folders import read_folders
-from hydranet.data.readers.hf import read_hf, read_hf_path
 from hydranet.data.readers.hf import read_hf, read_hf_path
 from hydranet.data.readers.images import (
     IMAGE_EXTENSIONS,
@@ -57,8 +55,6 @@ __all__ = [
     "read_detection",
     "read_filenames",
     "read_folders",
-    "read_hf",
-    "read_hf_path",
     "read_hf",
     "read_hf_path",
     "read_manifest",
