@@ -407,3 +407,31 @@ def test_memory_stays_flat_over_a_long_generator_stream():
         pass
     # 192,000 samples read; a buffer of 256 small samples per source is well under a MiB
     assert _rss_mib() - early < 16
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_reader_matches_tarfile_on_every_header_format(tmp_path, fmt):
+    arrays = [np.arange(6.0).reshape(2, 3), np.asfortranarray(np.arange(6).reshape(2, 3)), np.array(3, dtype=np.int8)]
+    names = ["short/000", "x" * 60 + "/" + "y" * 70 + "/001", "z/002"] if fmt != tarfile.USTAR_FORMAT else [
+        "short/000", "p/001", "z/002"]
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, array in zip(names, arrays):
+            for ext, data in (("npy", _npy(array)), ("cls", b"7")):
+                info = tarfile.TarInfo(f"{name}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    samples = list(read_tar(path))
+    assert [s["__key__"] for s in samples] == names
+    for s, array in zip(samples, arrays):  # expected: the arrays written, as np.load reads them back
+        assert s["npy"].dtype == array.dtype and s["npy"].shape == array.shape and (s["npy"] == array).all()
+        assert s["npy"].flags.writeable and s["cls"] == 7
+
+
+@pytest.mark.skipif(StatefulDataLoader is None, reason="the page's resume example uses torchdata (extra 'stream')")
+def test_the_ecosystem_page_stream_section_runs_as_written():
+    page = (Path(__file__).parents[2] / "docs" / "ecosystem.md").read_text()
+    section = page.split("## Streams", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(chunk.split("```", 1)[0] for chunk in section.split("```python\n")[1:])
+    assert "StatefulDataLoader" in code and "MultiTaskStream" in code
+    exec(compile(code, "docs/ecosystem.md", "exec"), {})

@@ -45,7 +45,7 @@ def decode_field(extension: str, data: bytes) -> Any:
     """
     ext = extension.rsplit(".", 1)[-1].lower()
     if ext == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return _load_npy(data)
     if ext in ("cls", "cls2", "index", "id"):
         return int(data)
     if ext in ("txt", "text"):
@@ -59,25 +59,96 @@ def decode_field(extension: str, data: bytes) -> Any:
     return data
 
 
+# Parsed .npy headers: samples of one shard share a handful of them, and np.load parses each one again
+# (tens of microseconds per sample). Bounded: a stream of ragged arrays has one header per shape.
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...]] | None] = {}
+_NPY_HEADERS_MAX = 4096
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """``np.load`` of a ``.npy`` payload, with the header parsed once per distinct header."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    start = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    header = data[:start]
+    parsed = _NPY_HEADERS.get(header, False)
+    if parsed is False:
+        buf = io.BytesIO(header)
+        version = np.lib.format.read_magic(buf)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        parsed = None
+        if version in readers:
+            shape, fortran, dtype = readers[version](buf)  # the parser np.load uses
+            parsed = None if fortran or dtype.hasobject else (dtype, shape)
+        if len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
+            _NPY_HEADERS[header] = parsed
+    if parsed is None:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    dtype, shape = parsed
+    return np.frombuffer(data, dtype=dtype, offset=start).reshape(shape).copy()  # writable, as np.load's
+
+
+_TAR_BLOCK = 512
+
+
+def _ustar_members(view: Any, handle: Any) -> Iterator[tuple[str, int, int]]:
+    """``(name, data offset, size)`` of the tar's regular files.
+
+    Plain ustar headers of regular files (the members WebDataset writes) are parsed here, checksum checked;
+    at the first other header (pax, GNU long names, links, ...) the rest of the archive is handed to the
+    standard library's ``tarfile``. The fast path is about ten times faster than ``tarfile``'s header parse.
+    """
+    size_all = len(view)
+    pos = 0
+    while pos + _TAR_BLOCK <= size_all:
+        header = view[pos : pos + _TAR_BLOCK]
+        if header == _ZERO_BLOCK:
+            return  # end of archive
+        kind = header[156:157]
+        stored = header[148:156]
+        if kind in (b"0", b"\x00") and header[257:262] in (b"ustar", b"\x00\x00\x00\x00\x00"):
+            try:
+                checksum = int(stored.rstrip(b"\x00 ") or b"0", 8)
+                size = int(header[124:136].rstrip(b"\x00 ") or b"0", 8)
+            except ValueError:
+                break
+            if checksum == sum(header[:148]) + 256 + sum(header[156:]):
+                name = header[0:100].split(b"\x00", 1)[0]
+                prefix = header[345:500].split(b"\x00", 1)[0] if header[257:262] == b"ustar" else b""
+                if prefix:
+                    name = prefix + b"/" + name
+                yield name.decode("utf-8", "surrogateescape"), pos + _TAR_BLOCK, size
+                pos += _TAR_BLOCK + -(-size // _TAR_BLOCK) * _TAR_BLOCK
+                continue
+        break
+    else:
+        return
+    handle.seek(pos)
+    with tarfile.open(fileobj=handle, mode="r:") as tar:  # starts at the handle's position; offsets are absolute
+        for member in tar:
+            if member.isfile():
+                yield member.name, member.offset_data, member.size
+
+
+_ZERO_BLOCK = bytes(_TAR_BLOCK)
+
+
 def read_tar(path: str | os.PathLike, decode: bool = True) -> Iterator[dict[str, Any]]:
     """The samples of a WebDataset-style tar shard, in file order.
 
     Members are grouped by *key* as webdataset does: ``dir/0001.input.npy`` and ``dir/0001.cls`` are the
     fields ``input.npy`` and ``cls`` of the sample whose ``"__key__"`` is ``dir/0001`` (the key ends at the
-    first dot of the file name). Consecutive members with one key form one sample. Headers are parsed with
-    the standard library's ``tarfile``; the data are sliced from a memory map of the file (no copy per
-    member through ``extractfile``).
+    first dot of the file name). Consecutive members with one key form one sample. The data are sliced from a
+    memory map of the file; headers are parsed as in :func:`_ustar_members` (``tarfile`` for anything but
+    plain ustar members).
     """
     with open(path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             return
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view, tarfile.open(fileobj=handle) as tar:
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             sample: dict[str, Any] = {}
             key = None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name
+            for name, offset, size in _ustar_members(view, handle):
                 slash = name.rfind("/") + 1
                 dot = name.find(".", slash)
                 if dot < 0:
@@ -87,7 +158,7 @@ def read_tar(path: str | os.PathLike, decode: bool = True) -> Iterator[dict[str,
                     if sample:
                         yield sample
                     sample, key = {"__key__": stem}, stem
-                data = view[member.offset_data : member.offset_data + member.size]
+                data = view[offset : offset + size]
                 sample[ext] = decode_field(ext, data) if decode else data
             if sample:
                 yield sample
