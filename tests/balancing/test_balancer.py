@@ -223,7 +223,9 @@ def test_ddp_helpers_describe_each_route():
     assert make("upgrad" if "upgrad" in AGGREGATORS else "mean", TASKS).handles_ddp_sync
     assert make("db_mtl", TASKS).handles_ddp_sync
     assert not make("dwa", TASKS).handles_ddp_sync
-    assert not make("mean", TASKS).requires_features
+    assert make("mean", TASKS).requires_features  # auto: uses the features for the features-first Jacobian
+    assert not make("mean", TASKS, jacobian="vmap").requires_features
+    assert not make("ew", TASKS).requires_features
 
 
 def test_make_accepts_instances_and_reports_unknown_names():
@@ -241,7 +243,7 @@ def test_make_accepts_instances_and_reports_unknown_names():
         make("uw", TASKS, jacobian="vmap")
     with pytest.raises(ValueError, match="jacobian='loop' or 'vmap'"):
         make("db_mtl", TASKS, jacobian="representation")
-    with pytest.raises(ValueError, match="choose one of auto, loop, vmap, representation"):
+    with pytest.raises(ValueError, match="choose one of auto, loop, vmap, features, gramian, representation"):
         make("mean", TASKS, jacobian="loops")
     with pytest.raises(ValueError, match="same task list"):
         Balancer(WEIGHTINGS["ew"](["a", "b"]), TASKS)

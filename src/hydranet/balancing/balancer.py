@@ -35,7 +35,7 @@ numbers of labelled samples. Every rank must pass ``task_params`` for all tasks 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from hydranet.balancing.aggregators import AGGREGATORS, Aggregator
-from hydranet.balancing.jacobian import TaskJacobian, gather_task_columns, global_task_means
+from hydranet.balancing._jacobian_features import gram_accumulate
+from hydranet.balancing.jacobian import (
+    FeatureJacobian,
+    TaskJacobian,
+    features_cover,
+    gather_task_columns,
+    global_task_means,
+)
 from hydranet.runtime import world_size
 from hydranet.balancing.weighting import (
     WEIGHTINGS,
@@ -53,11 +60,73 @@ from hydranet.balancing.weighting import (
     Weighting,
     check_losses,
     did_you_mean,
+    fast_stack,
     task_dict,
 )
 
-PATHS: tuple[str, ...] = ("auto", "loop", "vmap", "representation")
+__all__ = ["PATHS", "Balancer", "StepInfo", "make"]
+
+PATHS: tuple[str, ...] = ("auto", "loop", "vmap", "features", "gramian", "representation")
 _TINY = 1e-12
+#: ``jacobian="auto"`` takes the Gramian path when ``G`` would hold more bytes than this (Gramian-only methods).
+GRAMIAN_ABOVE = 1 << 30
+#: Jacobian entries the Gramian path holds at a time (one parameter group x all tasks): 4M (16 MiB in float32).
+GRAMIAN_BLOCK = 1 << 22
+_KEYS = ("tasks", "losses", "total", "weights", "grad_norms", "cosines", "jacobian")
+
+
+class StepInfo(MutableMapping):
+    """The diagnostics of one step: a dict whose entries are computed when first read.
+
+    Building the per-task dicts and lists (and, for gradient methods, the cosine matrix) costs more than
+    a small model's backward pass; a training loop that logs every hundredth step should not pay for
+    them at every step. Reading an entry (or ``dict(info)``) computes it once.
+    """
+
+    __slots__ = ("_values", "_lazy")
+
+    def __init__(self, values: dict[str, Any], **lazy: Callable[[], Any]) -> None:
+        self._values = values
+        self._lazy = lazy
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            self._values[key] = self._lazy.pop(key)()
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._lazy.pop(key, None)
+        self._values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self._lazy.pop(key, None) is None:
+            del self._values[key]
+        else:
+            self._values.pop(key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        known = [k for k in _KEYS if k in self._values or k in self._lazy]
+        return iter(known + [k for k in list(self._values) + list(self._lazy) if k not in _KEYS])
+
+    def __len__(self) -> int:
+        return len(set(self._values) | set(self._lazy))
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _norms(gramian: Tensor | None, matrix: Tensor | None) -> Tensor:
+    if gramian is not None:
+        return gramian.diagonal().clamp(min=0).sqrt().cpu()
+    return matrix.norm(dim=1).to("cpu", torch.float64)
+
+
+def _cosines(gramian: Tensor | None, matrix: Tensor | None) -> Tensor:
+    if gramian is None:
+        gramian = matrix.new_zeros(matrix.shape[0], matrix.shape[0], dtype=torch.float64)
+        gram_accumulate(gramian, matrix)
+    safe = gramian.diagonal().clamp(min=0).sqrt().clamp(min=_TINY)
+    return (gramian / (safe.unsqueeze(1) * safe.unsqueeze(0))).cpu()
 
 
 def _unreached(what: str) -> ValueError:
@@ -118,6 +187,9 @@ class Balancer:
         jacobian: str = "auto",
         normalize: bool = False,
         name: str | None = None,
+        chunk_size: int | None = None,
+        gramian_above: int = GRAMIAN_ABOVE,
+        gramian_block: int = GRAMIAN_BLOCK,
     ) -> None:
         names = list(task_dict(tasks))
         if isinstance(method, Weighting):
@@ -137,7 +209,7 @@ class Balancer:
         self.task_names = names
         self.name = name or type(method).__name__
         self.uses_jacobian = not isinstance(method, LossWeighting)
-        if not self.uses_jacobian and (jacobian != "auto" or normalize):
+        if not self.uses_jacobian and (jacobian != "auto" or normalize or chunk_size is not None):
             raise ValueError(
                 f"{self.name!r} is a loss weighting: it runs one ordinary backward pass, so jacobian= and "
                 "normalize= do not apply. Leave them at their defaults, or pick a gradient method (e.g. 'upgrad')."
@@ -147,14 +219,37 @@ class Balancer:
                 f"{self.name!r} keeps per-parameter gradient statistics; the representation path changes "
                 "shape with the batch. Use jacobian='loop' or 'vmap'."
             )
+        self._gramian_ok = bool(getattr(method, "gramian_only", False)) and callable(
+            getattr(method, "weights_from_gramian", None)
+        )
+        if jacobian == "gramian" and not self._gramian_ok:
+            raise ValueError(
+                f"{self.name!r} needs more of the task Jacobian than its Gramian K = G G^T, so jacobian='gramian' "
+                "does not apply. Use jacobian='features' (or 'auto'), or a Gramian-only method such as 'upgrad', "
+                "'mgda', 'dualproj', 'cagrad', 'imtl_g', 'aligned_mtl', 'nash_mtl' or 'fairgrad'."
+            )
+        for label, value in (("gramian_above", gramian_above), ("gramian_block", gramian_block)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive number of bytes / entries, got {value!r}.")
         self.jacobian = jacobian
         self.normalize = bool(normalize)
-        self._engine = TaskJacobian("auto" if jacobian == "representation" else jacobian)
+        self.chunk_size = chunk_size
+        self.gramian_above = gramian_above
+        self.gramian_block = gramian_block
+        self._engine = TaskJacobian("vmap" if jacobian in ("auto", "representation", "features", "gramian") else jacobian)
+        if jacobian == "auto":
+            self._engine.method = "auto"
+        self._feature_engine = FeatureJacobian(chunk_size, batched=jacobian != "loop")
+        self._cover: dict[int, bool] = {}
+        self._dtype = torch.float32
+        self._lw_index: dict[tuple[str, ...], Tensor] = {}
 
     @property
     def requires_features(self) -> bool:
-        """True when ``backward`` needs the model's shared features (``features=``)."""
-        return self.jacobian == "representation"
+        """True when ``backward`` needs or uses the model's shared features (``features=``): the
+        ``representation``, ``features`` and ``gramian`` paths need them, ``auto`` uses them for the
+        features-first Jacobian (and works without them)."""
+        return self.uses_jacobian and self.jacobian in ("auto", "representation", "features", "gramian")
 
     @property
     def handles_ddp_sync(self) -> bool:
@@ -198,7 +293,7 @@ class Balancer:
         shared_params: Sequence[Tensor],
         task_params: Mapping[str, Sequence[Tensor]],
         features: Tensor | Sequence[Tensor] | None = None,
-    ) -> dict[str, Any]:
+    ) -> StepInfo:
         """Accumulate the balanced gradients of ``losses`` into ``.grad``.
 
         Args:
@@ -216,28 +311,78 @@ class Balancer:
             ``{task: gradient norm}`` (``{}`` when no per-task gradient was computed); the cosine matrix
             of the task gradients (``None`` without a Jacobian); the Jacobian path used.
         """
+        if not self.uses_jacobian:
+            return self._weighting_backward(losses, shared_params)
         names, stacked, values = check_losses(losses, self.task_names)
         shared = [p for p in shared_params if p.requires_grad]
         if not shared:
             raise ValueError(
                 "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
             )
-        if not self.uses_jacobian:
-            combined = self.method.combine(names, stacked, values, shared)
-            combined.total.backward()
-            if all(p.grad is None for p in shared):
-                raise _unreached("shared parameters")
-            norms = combined.grad_norms
-            return {
+        return self._jacobian_backward(names, stacked, values, shared, task_params, features, losses)
+
+    def _weighting_backward(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> StepInfo:
+        """One backward of the weighting's objective; the direct objective when the method has one."""
+        method = self.method
+        names, stacked = fast_stack(losses, self.task_names) if world_size() == 1 else (None, None)
+        direct = None
+        if names is not None:
+            key = tuple(names)
+            index = self._lw_index.get(key)
+            if index is None:
+                index = self._lw_index[key] = method.indices(names)
+            direct = method.direct(stacked, index)
+        if direct is None:
+            names, stacked, values = check_losses(losses, self.task_names)
+            shared = [p for p in shared_params if p.requires_grad]
+            combined = method.combine(names, stacked, values, shared)
+            total, value, weights, norms = combined.total, combined.value, combined.weights, combined.grad_norms
+        else:
+            total, weights_of = direct
+            shared = [p for p in shared_params if p.requires_grad]
+            value = None
+        if not shared:
+            raise ValueError(
+                "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
+            )
+        total.backward()
+        if shared[-1].grad is None and all(p.grad is None for p in shared):
+            raise _unreached("shared parameters")
+        if direct is not None:
+            detached = stacked.detach()
+            return StepInfo(
+                {"tasks": names, "cosines": None, "jacobian": None, "grad_norms": {}},
+                losses=lambda: dict(zip(names, detached.tolist())),
+                total=lambda: float(total.detach()),
+                weights=lambda: dict(zip(names, weights_of().tolist())),
+            )
+        return StepInfo(
+            {
                 "tasks": names,
-                "losses": dict(zip(names, values.tolist())),
-                "total": combined.value,
-                "weights": dict(zip(names, combined.weights.tolist())),
-                "grad_norms": dict(zip(names, norms.tolist())) if norms is not None else {},
+                "total": value,
                 "cosines": None,
                 "jacobian": None,
-            }
-        return self._jacobian_backward(names, stacked, values, shared, task_params, features)
+            },
+            losses=lambda: dict(zip(names, values.tolist())),
+            weights=lambda: dict(zip(names, weights.tolist())),
+            grad_norms=lambda: dict(zip(names, norms.tolist())) if norms is not None else {},
+        )
+
+    def _resolve(self, objective: Tensor, feats: list[Tensor] | None, shared: list[Tensor]) -> str:
+        """The path of this step: the configured one, or for ``"auto"`` the fastest exact one."""
+        if self.jacobian != "auto":
+            return self.jacobian
+        if feats is None:
+            return "losses"
+        key = objective.shape[0]
+        cover = self._cover.get(key)
+        if cover is None:  # checked once per number of tasks: the graph's structure does not change per step
+            cover = self._cover[key] = features_cover(objective, feats, shared)
+        if not cover:
+            return "losses"
+        if self._gramian_ok and key * sum(p.numel() for p in shared) * shared[0].element_size() > self.gramian_above:
+            return "gramian"
+        return "features"
 
     def _jacobian_backward(
         self,
@@ -247,59 +392,116 @@ class Balancer:
         shared: list[Tensor],
         task_params: Mapping[str, Sequence[Tensor]],
         features: Tensor | Sequence[Tensor] | None,
-    ) -> dict[str, Any]:
+        losses: Mapping[str, Tensor],
+    ) -> StepInfo:
         n_tasks, world = len(self.task_names), world_size()
         index = torch.tensor([self.task_names.index(n) for n in names], dtype=torch.long)
         method = self.method
+        self._dtype = shared[0].dtype
         objective = method.transform(stacked, values, names) if isinstance(method, GradientWeighting) else stacked
         heads = self._head_groups(names, task_params, shared, world)
-        representation = self.jacobian == "representation"
+        needs_features = self.jacobian in ("representation", "features", "gramian")
+        feats = self._features(features) if needs_features or (self.jacobian == "auto" and features is not None) else None
+        path = self._resolve(objective, feats, shared)
+        representation = path == "representation"
+        first = path in ("features", "gramian", "representation")
 
-        if representation:
-            feats = self._features(features)
-            jac, reached = self._engine(objective, feats)
-            if not any(_any_reached(reached, jac.device)):
+        local = set(index.tolist())
+        head_params = [p for i, params in heads if i in local for p in params]
+        gramian = None
+        jf: list[Tensor] = []
+        if first:
+            assert feats is not None
+            # each task's own loss as the root: its backward runs through its head only, and gives the
+            # head's gradient in the same pass
+            roots = list(objective.unbind()) if isinstance(method, GradientWeighting) else [losses[n] for n in names]
+            by_task = dict(heads)
+            own = [by_task[int(i)] for i in index]
+            jf, touched, head_grads = self._feature_engine.features(roots, feats, own)
+            head_params = [p for group in own for p in group]
+            if not any(_any_reached([touched], objective.device)):
                 raise ValueError(
                     "No task loss depends on the features passed: pass the tensor the heads read, from this "
                     "forward pass (model(x, return_features=True))."
                 )
         else:
+            head_grads = (
+                torch.autograd.grad(objective.sum(), head_params, retain_graph=True, allow_unused=True)
+                if head_params
+                else ()
+            )
+        if representation:
+            jac = torch.cat([j.reshape(j.shape[0], -1) for j in jf], dim=1)
+        elif path == "features":
+            # Gramian-only methods alone: keep G as per-parameter blocks (no concatenated copy), K from them
+            as_blocks = self._gramian_ok and world == 1
+            jac, reached = self._feature_engine.jacobian(feats, jf, shared, as_blocks=as_blocks)
+            if as_blocks:
+                blocks, jac = jac, None
+                gramian = blocks[0].new_zeros(len(roots), len(roots), dtype=torch.float64)
+                for block in blocks:
+                    gram_accumulate(gramian, block)
+        elif path == "gramian":
+            reduce = (lambda block: global_task_means(block, index, n_tasks)[0]) if world > 1 else None
+            gramian, reached = self._feature_engine.gramian(feats, jf, shared, self.gramian_block, reduce)
+            jac = None
+        else:
             jac, reached = self._engine(objective, shared)
-            reached = _any_reached(reached, jac.device)
+        if not representation:
+            reached = _any_reached(reached, objective.device)
             if not any(reached):
                 raise _unreached("shared parameters")
-        local = set(index.tolist())
-        head_params = [p for i, params in heads if i in local for p in params]
-        head_grads = (
-            torch.autograd.grad(objective.sum(), head_params, retain_graph=representation, allow_unused=True)
-            if head_params
-            else ()
-        )
 
-        own = slice(0, jac.shape[1])
+        own = None
         if representation and world > 1:
             matrix, counts, own = gather_task_columns(jac, index, n_tasks)
-        elif world > 1:
+        elif world > 1 and jac is not None:
             matrix, counts = global_task_means(jac, index, n_tasks)
         else:
             matrix = jac
             counts = torch.zeros(n_tasks, dtype=torch.float64)
             counts[index] = 1.0
+            if world > 1:  # gramian: the presence of every task on any rank
+                counts = counts.to(objective.device)
+                dist.all_reduce(counts)
         counts = counts.cpu()
         present = counts.nonzero().squeeze(1)
-        if world > 1:
+        if world > 1 and matrix is not None:
             matrix = matrix[present.to(matrix.device)]
+        elif world > 1 and gramian is not None:
+            keep = present.to(gramian.device)
+            gramian = gramian[keep][:, keep]
         rows = [self.task_names[int(t)] for t in present]
 
-        norms = matrix.norm(dim=1)
-        safe = norms.clamp(min=_TINY)
-        cosines = (matrix @ matrix.T) / (safe.unsqueeze(1) * safe.unsqueeze(0))
-        if self.normalize:
-            matrix = matrix / safe.unsqueeze(1)
-        update, weights = self._aggregate(matrix, present)
+        if gramian is None and self._gramian_ok and matrix.shape[0] > 1:
+            gramian = matrix.new_zeros(matrix.shape[0], matrix.shape[0], dtype=torch.float64)
+            gram_accumulate(gramian, matrix)  # small float64 blocks: no float64 copy of G
+        if gramian is not None:
+            update, weights = self._aggregate_gramian(gramian, matrix, present)
+            if update is None and path == "features":
+                w = weights.to(blocks[0].device, blocks[0].dtype)
+                update = torch.cat([w @ block for block in blocks])
+                del blocks
+        else:
+            rows_to_aggregate = matrix
+            if self.normalize:
+                rows_to_aggregate = matrix / matrix.norm(dim=1).clamp(min=_TINY).unsqueeze(1)
+            update, weights = self._aggregate(rows_to_aggregate, present)
+            del rows_to_aggregate
 
-        if representation:
-            piece = update[own]
+        if path == "gramian":
+            # one backward of sum_t w_t L_t through the trunk: the features' gradient is sum_t w_t J_f[t]
+            # (under DDP each task's row is the mean over the c_t ranks that have it: w_t / c_t here)
+            scale = weights.to(torch.float64) / counts[present].clamp(min=1.0) if world > 1 else weights
+            local_w = self._local_weights(scale, present, index)
+            outputs = [torch.tensordot(local_w.to(j.device, j.dtype), j, dims=1) for j in jf]
+            grads = torch.autograd.grad(feats, shared, grad_outputs=outputs, allow_unused=True)
+            flat = _flatten(grads, shared)
+            if world > 1:
+                dist.all_reduce(flat)
+            _accumulate(shared, flat, reached)
+        elif representation:
+            piece = update[own] if own is not None else update
             grad_outputs, start = [], 0
             for feat in feats:
                 grad_outputs.append(piece[start : start + feat.numel()].view_as(feat).to(feat.dtype))
@@ -316,15 +518,46 @@ class Balancer:
             _accumulate(shared, update, reached)
         self._accumulate_heads(heads, dict(zip(map(id, head_params), head_grads)), index, counts, world)
 
-        return {
-            "tasks": rows,
-            "losses": dict(zip(names, values.tolist())),
-            "total": float(values.sum()),
-            "weights": dict(zip(rows, weights.tolist())) if weights is not None else {},
-            "grad_norms": dict(zip(rows, norms.tolist())),
-            "cosines": cosines.tolist(),
-            "jacobian": "representation" if representation else self._engine.last_method,
-        }
+        label = path if path in ("features", "gramian", "representation") else self._engine.last_method
+        if path in ("features", "gramian") and self._feature_engine.last_method == "loop":
+            label = f"{path}-loop"
+        return StepInfo(
+            {"tasks": rows, "jacobian": label},
+            losses=lambda: dict(zip(names, values.tolist())),
+            total=lambda: float(values.sum()),
+            weights=lambda: dict(zip(rows, weights.tolist())) if weights is not None else {},
+            grad_norms=lambda: dict(zip(rows, _norms(gramian, matrix).tolist())),
+            cosines=lambda: _cosines(gramian, matrix).tolist(),
+        )
+
+    @staticmethod
+    def _local_weights(weights: Tensor, present: Tensor, index: Tensor) -> Tensor:
+        """The weights of this rank's tasks (positions ``index`` among all tasks) from those of ``present``."""
+        full = torch.zeros(int(max(present.max(), index.max())) + 1, dtype=torch.float64)
+        full[present] = weights.to(torch.float64).cpu()
+        return full[index]
+
+    def _aggregate_gramian(self, gramian: Tensor, matrix: Tensor | None, present: Tensor) -> tuple[Tensor, Tensor]:
+        """``(update or None, weights)`` of a Gramian-only weighting from :math:`K` (float64)."""
+        k = gramian.shape[0]
+        if k == 1:
+            weights = torch.ones(1, dtype=torch.float64)
+        else:
+            K = gramian
+            scale = None
+            if self.normalize:
+                norms = gramian.diagonal().clamp(min=0).sqrt()
+                scale = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+                K = gramian * scale.unsqueeze(1) * scale.unsqueeze(0)
+            mask = torch.zeros(len(self.task_names), dtype=torch.bool)
+            mask[present] = True
+            dtype = matrix.dtype if matrix is not None else self._dtype
+            weights = torch.as_tensor(self.method.weights_from_gramian(K.cpu(), present=mask, dtype=dtype))
+            weights = weights.to(torch.float64).cpu()
+            if scale is not None:
+                weights = weights * scale.cpu()
+        update = weights.to(matrix.device, matrix.dtype) @ matrix if matrix is not None else None
+        return update, weights
 
     def _aggregate(self, matrix: Tensor, present: Tensor) -> tuple[Tensor, Tensor | None]:
         method = self.method
@@ -441,7 +674,7 @@ def _construct(cls: type, args: tuple, settings: dict[str, Any], name: str) -> A
         if not accepts_any and key not in allowed:
             raise ValueError(
                 f"{name!r} has no setting {key!r}.{did_you_mean(key, allowed)} Its settings: "
-                f"{', '.join(allowed) or 'none'}; balancer settings: jacobian, normalize."
+                f"{', '.join(allowed) or 'none'}; balancer settings: jacobian, normalize, chunk_size."
             )
     return cls(*args, **settings)
 
@@ -452,6 +685,7 @@ def make(
     *,
     jacobian: str = "auto",
     normalize: bool = False,
+    chunk_size: int | None = None,
     **settings: Any,
 ) -> Balancer:
     """Build a :class:`Balancer`.
@@ -461,7 +695,7 @@ def make(
             aggregator name (:data:`~hydranet.balancing.AGGREGATORS`: ``upgrad``, ``pcgrad``, ``mgda``, ...),
             or an instance of either.
         tasks: task names or :class:`~hydranet.Task` objects (``uw`` reads the kinds, ``static`` the weights).
-        jacobian, normalize: see :class:`Balancer` (gradient methods only).
+        jacobian, normalize, chunk_size: see :class:`Balancer` (gradient methods only).
         **settings: passed to the method's constructor (e.g. ``temperature=2.0`` for ``dwa``).
 
     Example::
@@ -475,7 +709,7 @@ def make(
             raise ValueError(f"Settings {sorted(settings)} apply when the method is given by name, not as an instance.")
         registry = {**WEIGHTINGS, **AGGREGATORS}
         label = next((key for key, cls in registry.items() if type(name) is cls), type(name).__name__)
-        return Balancer(name, tasks, jacobian=jacobian, normalize=normalize, name=label)
+        return Balancer(name, tasks, jacobian=jacobian, normalize=normalize, name=label, chunk_size=chunk_size)
     key = name.strip().lower().replace("-", "_")
     overlap = set(WEIGHTINGS) & set(AGGREGATORS)
     if overlap:
@@ -490,4 +724,4 @@ def make(
             f"Unknown balancing method {name!r}.{did_you_mean(key, valid)} Loss weightings: "
             f"{', '.join(sorted(WEIGHTINGS))}; gradient aggregators: {', '.join(sorted(AGGREGATORS))}."
         )
-    return Balancer(method, tasks, jacobian=jacobian, normalize=normalize, name=key)
+    return Balancer(method, tasks, jacobian=jacobian, normalize=normalize, name=key, chunk_size=chunk_size)

@@ -18,6 +18,11 @@ one row per task, the inputs flattened and concatenated in order. Two ways to co
 
 Memory is the ``k x P`` result plus one backward pass (loop) or ``k`` batched ones (vmap).
 
+When the shared *features* ``f`` the heads read are known, :class:`FeatureJacobian` computes the same
+:math:`G` features-first (:mod:`hydranet.balancing._jacobian_features`): the ``[k, B, D]`` feature
+Jacobian by one backward per task through its head only, then one batched backward through the trunk
+(chunked by ``chunk_size``), or the Gramian :math:`K = GG^\top` alone, one parameter group at a time.
+
 Under ``torch.distributed`` with a world size above one, :func:`global_task_means` averages per-task
 rows over the ranks that have the task, so every rank holds the same matrix; :func:`gather_task_columns`
 concatenates per-sample columns (feature gradients) across ranks for the representation path.
@@ -33,7 +38,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hydranet.balancing._jacobian_features import feature_jacobian, features_cover, trunk_gramian, trunk_jacobian
 from hydranet.runtime import world_size
+
+__all__ = [
+    "JACOBIAN_METHODS",
+    "FeatureJacobian",
+    "TaskJacobian",
+    "features_cover",
+    "flat_numel",
+    "gather_task_columns",
+    "global_task_means",
+    "jacobian_loop",
+    "jacobian_vmap",
+]
 
 JacobianMethod = Literal["loop", "vmap"]
 JACOBIAN_METHODS: tuple[str, ...] = ("auto", "loop", "vmap")
@@ -120,6 +138,63 @@ class TaskJacobian:
                 )
         self.last_method = "loop"
         return jacobian_loop(losses, inputs)
+
+
+def _warn_fallback(error: BaseException) -> None:
+    warnings.warn(
+        "The batched ('vmap') per-task gradient is not supported by this model "
+        f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__}); falling back to one "
+        "backward pass per task ('loop') from now on. Pass jacobian='loop' to choose it explicitly and silence "
+        "this warning.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+class FeatureJacobian:
+    """Features-first task Jacobian or Gramian of the shared parameters, remembering a failed ``vmap``.
+
+    Args:
+        chunk_size: rows of the feature Jacobian pushed through the trunk per batched backward
+            (``None``: all at once; smaller holds fewer batched activation gradients at a time).
+        batched: start with the batched backward; a failure (``RuntimeError`` / ``NotImplementedError``
+            from autograd, e.g. an operator without a batching rule) warns once and switches this
+            instance to one backward per task for good.
+    """
+
+    def __init__(self, chunk_size: int | None = None, batched: bool = True) -> None:
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}.")
+        self.chunk_size = chunk_size
+        self.batched = batched
+        #: ``"vmap"`` or ``"loop"``: how the last call ran, ``None`` before the first call.
+        self.last_method: JacobianMethod | None = None
+
+    def _run(self, compute):
+        if self.batched:
+            try:
+                result = compute(True)
+                self.last_method = "vmap"
+                return result
+            except (RuntimeError, NotImplementedError) as error:
+                self.batched = False
+                _warn_fallback(error)
+        self.last_method = "loop"
+        return compute(False)
+
+    @staticmethod
+    def features(roots: Sequence[Tensor], feats: Sequence[Tensor], own=None):
+        """The feature Jacobian ``[k, *f.shape]`` per feature tensor from the per-task losses ``roots``,
+        whether any loss reaches the features, and the head gradients (see :func:`feature_jacobian`)."""
+        return feature_jacobian(roots, feats, own)
+
+    def jacobian(self, feats: Sequence[Tensor], jf: Sequence[Tensor], shared: Sequence[Tensor], as_blocks: bool = False):
+        """The parameter Jacobian ``[k, P]`` (or its per-parameter blocks) from the feature Jacobian ``jf``."""
+        return self._run(lambda batched: trunk_jacobian(feats, jf, shared, self.chunk_size, batched, as_blocks))
+
+    def gramian(self, feats, jf, shared, block: int, reduce=None) -> tuple[Tensor, list[bool]]:
+        """:math:`GG^\\top` (float64) without holding :math:`G`; see :func:`trunk_gramian`."""
+        return self._run(lambda batched: trunk_gramian(feats, jf, shared, block, self.chunk_size, batched, reduce))
 
 
 def _scatter_rows(rows: Tensor, index: Tensor, n_tasks: int) -> tuple[Tensor, Tensor]:

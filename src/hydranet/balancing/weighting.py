@@ -136,6 +136,31 @@ def check_losses(losses: Mapping[str, Tensor], task_names: Sequence[str]) -> tup
     return names, stacked, values
 
 
+def fast_stack(losses: Mapping[str, Tensor], task_names: Sequence[str]) -> tuple[list[str] | None, Tensor | None]:
+    """``(names, L)`` as :func:`check_losses` returns them, after only the checks a valid step needs
+    (no host copy of the values); ``(None, None)`` when a check fails: :func:`check_losses` then says why."""
+    if not isinstance(losses, Mapping) or not losses:
+        return None, None
+    names = [n for n in task_names if n in losses]
+    if len(names) != len(losses):
+        return None, None
+    items = [losses[n] for n in names]
+    dtype = items[0].dtype if isinstance(items[0], Tensor) else None
+    for loss in items:
+        if (
+            not isinstance(loss, Tensor)
+            or loss.dim() != 0
+            or loss.dtype != dtype
+            or not loss.requires_grad
+            or not loss.is_floating_point()
+        ):
+            return None, None
+    stacked = torch.stack(items)
+    if not bool(torch.isfinite(stacked.detach()).all()):
+        return None, None
+    return names, stacked
+
+
 def _require_positive(method: str, values: Tensor, names: Sequence[str], what: str = "loss") -> None:
     low = (values <= 0).nonzero()
     if len(low):
@@ -225,6 +250,13 @@ class LossWeighting(Weighting):
         total = (w_model * losses).sum() + rest
         return Combined(total, float(f.detach()), weights.detach(), self._grad_norms(index))
 
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any] | None:
+        """``(objective, weights)`` written directly in the losses ``[k]`` of the tasks at positions
+        ``index``, for one process and methods linear in the losses: the same value and gradients as
+        :meth:`combine` without its detour through the detached values. ``weights()`` gives the CPU
+        float64 weights when read. ``None``: the method has no direct form (use :meth:`combine`)."""
+        return None
+
     def _observe(self, values: Tensor, present: Tensor) -> None:
         """Update statistics with the (rank-averaged) loss values ``values[present]``; default: none."""
 
@@ -241,6 +273,9 @@ class EqualWeighting(LossWeighting):
 
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         return v.sum()
+
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        return losses.sum(), lambda: torch.ones(losses.shape[0], dtype=torch.float64)
 
 
 class StaticWeighting(LossWeighting):
@@ -266,6 +301,10 @@ class StaticWeighting(LossWeighting):
 
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         return (self.weights[present] * v).sum()
+
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        weights = self.weights[index]
+        return (weights.to(losses) * losses).sum(), lambda: weights
 
 
 class UncertaintyWeighting(LossWeighting):
@@ -293,6 +332,14 @@ class UncertaintyWeighting(LossWeighting):
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         s = self.log_vars[present].double()
         return (self.scales[present] * torch.exp(-s) * v + 0.5 * s).sum()
+
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        full = index.shape[0] == self.n_tasks  # index is increasing: all tasks means arange(T)
+        s = self.log_vars if full else self.log_vars[index]
+        scales = self.scales if full else self.scales[index]
+        coef = scales * torch.exp(-s.double())  # float64, as combine(): the same weights to the last bit
+        total = (coef.to(losses) * losses).sum() + (0.5 * s.double().sum()).to(losses)
+        return total, lambda: coef.detach().double()
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_vars": self.log_vars.detach().clone()}
@@ -339,6 +386,12 @@ class DWA(LossWeighting):
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         return (self.current_weights()[present] * v).sum()
 
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        self._sums[index] += losses.detach().to(_CPU, torch.float64)
+        self._counts[index] += 1
+        weights = self.current_weights()[index]
+        return (weights.to(losses) * losses).sum(), lambda: weights
+
     def on_epoch_end(self) -> None:
         average = torch.where(self._counts > 0, self._sums / self._counts.clamp(min=1), torch.nan)
         self._history = (self._history + [average])[-2:]
@@ -375,6 +428,11 @@ class RLW(LossWeighting):
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         z = torch.randn(self.n_tasks, generator=self.generator, dtype=torch.float64)
         return (torch.softmax(z, dim=0)[present] * v).sum()
+
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        z = torch.randn(self.n_tasks, generator=self.generator, dtype=torch.float64)
+        weights = torch.softmax(z, dim=0)[index]
+        return (weights.to(losses) * losses).sum(), lambda: weights
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -414,6 +472,11 @@ class IMTLL(LossWeighting):
     def _scalarize(self, v: Tensor, present: Tensor) -> Tensor:
         s = self.log_scales[present].double()
         return (torch.exp(s) * v - s).sum()
+
+    def direct(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Any]:
+        s = self.log_scales if index.shape[0] == self.n_tasks else self.log_scales[index]
+        coef = torch.exp(s.double())
+        return (coef.to(losses) * losses).sum() - s.double().sum().to(losses), lambda: coef.detach()
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_scales": self.log_scales.detach().clone()}

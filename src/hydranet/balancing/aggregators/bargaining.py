@@ -64,6 +64,8 @@ class NashMTL(WeightedAggregator):
         self.update_weights_every = update_weights_every
         self.reset()
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         self._check_tasks(tasks, None if self.alpha is None else self.alpha.shape[0])
         if self.alpha is None:
@@ -128,6 +130,8 @@ class FairGrad(WeightedAggregator):
                 f"FairGrad needs alpha > 0 (1: proportional fairness, larger: closer to max-min), got alpha={alpha!r}."
             )
         self.alpha = float(alpha)
+
+    gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return power_fixed_point(gramian, self.alpha)

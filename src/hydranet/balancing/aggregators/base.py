@@ -198,6 +198,37 @@ class WeightedAggregator(Aggregator):
 
     #: Whether ``_weights`` reads the Gram matrix (the baselines do not).
     uses_gram: ClassVar[bool] = True
+    #: Whether the weights depend on :math:`G` only through :math:`K = GG^\top` (and its dtype), so that
+    #: :meth:`weights_from_gramian` gives them without :math:`G`.
+    gramian_only: ClassVar[bool] = False
+
+    def weights_from_gramian(
+        self, gramian: Tensor | np.ndarray, *, present: Present | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        r"""The weights of :meth:`weights` computed from :math:`K = GG^\top` alone (``[k, k]``, used in
+        float64), for methods with ``gramian_only``; ``dtype`` is :math:`G`'s (rank decisions follow its
+        precision). Returns CPU float64 weights of the rows of :math:`G` as given (with ``normalize=True``
+        including the :math:`1/\lVert g_i\rVert` factors, read from the diagonal of :math:`K`)."""
+        if not self.gramian_only:
+            raise TypeError(
+                f"{type(self).__name__} needs the task Jacobian itself, not only its Gramian: call weights(G)."
+            )
+        K = gramian.detach().to("cpu", torch.float64).numpy() if isinstance(gramian, Tensor) else np.asarray(gramian, dtype=np.float64)
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0 or not np.all(np.isfinite(K)):
+            raise ValueError(f"{type(self).__name__} expects a finite square Gramian [k, k], got shape {list(K.shape)}.")
+        K = (K + K.T) / 2
+        size = K.shape[0]
+        scale = np.ones(size)
+        if self.normalize:
+            norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
+            scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+            K = K * np.outer(scale, scale)
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32  # as _prepare: the rows are aggregated in float32
+        with torch.no_grad():
+            tasks = task_rows(present, size, type(self).__name__)
+            w = self._weights(torch.empty(size, 0, dtype=dtype), K if self.uses_gram else None, tasks)
+        return torch.as_tensor(np.asarray(w, dtype=np.float64) * scale)
 
     def weights(self, matrix: Tensor, *, present: Present | None = None) -> Tensor:
         """The weights ``[k]`` such that ``weights @ G`` is the update, in ``G``'s dtype and on its device

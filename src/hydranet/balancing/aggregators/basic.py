@@ -16,6 +16,8 @@ class Mean(WeightedAggregator):
 
     uses_gram = False
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return np.full(matrix.shape[0], 1.0 / matrix.shape[0])
 
@@ -27,6 +29,8 @@ class Sum(WeightedAggregator):
     """
 
     uses_gram = False
+
+    gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         return np.ones(matrix.shape[0])
