@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydranet.demo import run_demo
+from hydranet.cli.demo import run_demo
 
 
 def main() -> None:

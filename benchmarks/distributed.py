@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 import hydranet as hn
-from hydranet.callbacks import Callback
+from hydranet.train import Callback
 from hydranet.data.collate import collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler

@@ -26,7 +26,7 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 import hydranet as hn
-from hydranet.callbacks import Callback
+from hydranet.train import Callback
 from hydranet.cli import main as cli_main
 from hydranet.data.collate import collate
 from hydranet.data.dataset import MultiTaskDataset

@@ -29,13 +29,12 @@ import datetime
 import gc
 import os
 import traceback
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
 
 __all__ = [
     "Process",
@@ -50,8 +49,6 @@ __all__ = [
     "local_rank",
     "default_backend",
     "device_for",
-    "wrap_model",
-    "UnusedParameters",
     "barrier",
     "on_main",
     "gather",
@@ -213,66 +210,6 @@ def device_for(requested: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and device.index is None and is_distributed():
         return torch.device("cuda", local_rank())
     return device
-
-
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` in DistributedDataParallel inside a process group (unchanged outside one, or when it is
-    wrapped already).
-
-    ``find_unused_parameters`` stays off: it costs a traversal of the autograd graph every step, and the
-    trainer instead gives the heads that a step does not use a zero gradient (see
-    :class:`hydranet.train.Trainer`), so DDP's reducer finds a gradient for every parameter.
-    """
-    if not is_distributed() or isinstance(model, nn.parallel.DistributedDataParallel):
-        return model
-    device_ids = [device.index if device.index is not None else local_rank()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-class UnusedParameters:
-    """The parameters a step leaves without a gradient, made acceptable to DDP's reducer.
-
-    Without ``find_unused_parameters`` the reducer waits for a gradient of every parameter in every
-    synchronised backward pass. A head whose task is not in a rank's batch gets none, the reducer never
-    finishes, and the next step fails or hangs. :meth:`zero_term` is a loss term of value 0 that reaches
-    exactly those parameters (``0 * sum(p)`` for each), so each gets a zero gradient on this rank and
-    the all-reduce averages it with the real gradient of the ranks that had the task. After the step,
-    :meth:`release` sets ``.grad`` back to ``None`` for the parameters of the tasks no rank had, so the
-    optimizer leaves them alone (momentum and weight decay would move them otherwise), as it does in one
-    process.
-
-    Args:
-        model: the unwrapped model.
-        shared: its shared parameters (always reached).
-        owned: ``{task: parameters of that task only}`` for the trained tasks; every other trainable
-            parameter of ``model`` (heads of tasks that are not trained) counts as never reached.
-    """
-
-    def __init__(self, model: nn.Module, shared: Sequence[Tensor], owned: Mapping[str, Sequence[Tensor]]) -> None:
-        self._shared = {id(p) for p in shared}
-        self._owned = {task: [p for p in params if p.requires_grad] for task, params in owned.items()}
-        self._trainable = [p for p in model.parameters() if p.requires_grad]
-        self._cache: dict[frozenset[str], list[Tensor]] = {}
-
-    def _outside(self, tasks: Collection[str]) -> list[Tensor]:
-        """The trainable parameters that are neither shared nor owned by one of ``tasks``."""
-        key = frozenset(tasks)
-        if key not in self._cache:
-            inside = self._shared | {id(p) for t in key for p in self._owned.get(t, ())}
-            self._cache[key] = [p for p in self._trainable if id(p) not in inside]
-        return self._cache[key]
-
-    def zero_term(self, present: Collection[str]) -> Tensor | None:
-        """``0 * sum(p)`` over the parameters the tasks ``present`` on this rank do not reach (None: all reached)."""
-        params = self._outside(present)
-        if not params:
-            return None
-        return sum(p.sum() for p in params) * 0.0  # type: ignore[return-value]
-
-    def release(self, reached: Collection[str]) -> None:
-        """Drop the (zero) gradients of the parameters that no rank's tasks ``reached`` since the last step."""
-        for param in self._outside(reached):
-            param.grad = None
 
 
 # ------------------------------------------------------------------------------ collectives

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from hydranet.config import Config, ConfigError
+from hydranet.cli.config import Config, ConfigError
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.tasks import Task
 

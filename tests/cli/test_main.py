@@ -6,7 +6,7 @@ import pytest
 
 from hydranet.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTICLE = str(ROOT / "examples" / "configs" / "article000.yaml")
 
 
@@ -70,3 +70,32 @@ def test_demo_end_to_end_writes_the_report(tmp_path, capsys):
     for name in ("summary.md", "loss.png", "metrics.png", "confusion_left.png"):
         assert (out / name).is_file()
     assert "Δm" in capsys.readouterr().out
+
+
+def test_parsing_imports_neither_torch_nor_the_library():
+    """``--help``, ``--version`` and argument errors answer before torch is imported (checked in a fresh
+    interpreter: this one has torch loaded already)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hydranet.cli.main import main\n"
+        "for argv in (['--help'], ['--version'], ['train'], ['demo', '--epochs', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code in (0, 2), (argv, stop.code)\n"
+        "heavy = [m for m in ('torch', 'numpy', 'hydranet.train', 'hydranet.data') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_version_is_the_package_version(capsys):
+    import hydranet
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == hydranet.__version__

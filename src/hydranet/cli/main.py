@@ -1,7 +1,9 @@
 """The ``hydranet`` command line: ``demo``, ``train``, ``evaluate``, ``predict``, ``inspect``, ``bench``.
 
 Exit codes: 0 success, 1 a failure while running (the message says what), 2 bad usage or a bad
-config (the message names the key and the fix).
+config (the message names the key and the fix), 130 interrupted. Errors are one line on stderr; a
+traceback only with ``--debug``. Parsing imports neither torch nor the rest of hydranet: ``--help``,
+``--version`` and argument errors answer without them; the commands import what they use.
 
 ``hydranet train`` also runs under ``torchrun`` (one process per GPU, or several on the CPU), the
 other commands in one process (see :mod:`hydranet.distributed`).
@@ -13,7 +15,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from hydranet._version import __version__
+from hydranet.cli._codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+
+__all__ = ["DISTRIBUTED_COMMANDS", "build_parser", "main"]
 
 #: The commands that run under torchrun, one process per rank.
 DISTRIBUTED_COMMANDS = ("train",)
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hydranet",
         description="Multi-task learning for PyTorch: one backbone, many heads, several datasets.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=__version__, help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -95,11 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from hydranet import __version__
-
-        print(__version__)
-        return EXIT_OK
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -114,22 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
-    from hydranet.config import ConfigError
+    from hydranet.cli.config import ConfigError
 
     try:
-        from hydranet import commands
+        from hydranet.cli import commands
 
         return getattr(commands, args.command)(args)
     except ConfigError as err:
+        if args.debug:
+            raise
         print(f"hydranet {args.command}: config error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as err:
+        if args.debug:
+            raise
         print(f"hydranet {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"hydranet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (ValueError, RuntimeError, TypeError) as err:
+        if args.debug:
+            raise
         print(f"hydranet {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -5,13 +5,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import hydranet as hn
-from hydranet.callbacks import Callback
+from hydranet.train import Callback
 from hydranet.data.collate import Batch, collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.losses import MultiTaskLoss
 from hydranet.metrics import delta_m
-from hydranet.loaders import TaskView
+from hydranet.train.loaders import TaskView
 from hydranet.models import MLP, HydraNet
 from hydranet.train import (
     EarlyStopping,
@@ -619,8 +619,8 @@ def test_named_schedulers(scheduler, check):
 
 
 def test_scheduler_intervals():
-    assert trainer(scheduler={"name": "cosine", "interval": "epoch"})._scheduler_interval == "epoch"
-    assert trainer(scheduler="cosine")._scheduler_interval == "step"
+    assert trainer(scheduler={"name": "cosine", "interval": "epoch"}).scheduler_interval == "epoch"
+    assert trainer(scheduler="cosine").scheduler_interval == "step"
     with pytest.raises(ValueError, match="'plateau' every epoch"):
         trainer(scheduler={"name": "plateau", "interval": "step"})
     t = trainer(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e))  # a factory: per epoch

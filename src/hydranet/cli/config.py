@@ -23,13 +23,14 @@ See ``docs/config.md`` for every key.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hydranet._checks import did_you_mean
 
 __all__ = ["ConfigError", "Config", "load_config", "validate_config", "SCHEMA"]
 
@@ -134,7 +135,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "trainer": TRAINER_KEYS,
 }
 
-#: Data sources: name -> (required keys, optional keys). Builders live in hydranet.data.sources.
+#: Data sources: name -> (required keys, optional keys). Builders live in hydranet.cli.sources.
 SOURCE_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "inline": ({"samples"}, set()),
     "builtin": ({"name"}, {"split", "options"}),
@@ -155,8 +156,7 @@ def _type_names(types: tuple[type, ...]) -> str:
 
 
 def _unknown(key: str, allowed: Mapping[str, Any] | set[str], path: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(key, allowed)
     return ConfigError(f"Unknown key '{path}{key}'.{hint} Allowed keys: {', '.join(sorted(allowed))}.")
 
 

@@ -4,7 +4,8 @@ A loader is anything iterable; the trainer asks of it only what these helpers fi
 :class:`~hydranet.data.Batch` (or ``(inputs, targets, masks)`` triples), the sampler that takes
 ``set_epoch`` and, for exact resume, whether that sampler saves a position. :class:`TaskView`
 restricts a multi-task loader to one task, which is how single-task baselines train on the very
-batches the multi-task model saw.
+batches the multi-task model saw. :func:`check_shards` checks, under DDP, that a loader's sampler
+shards over every rank and gives every rank as many batches.
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hydranet import runtime as distributed
-from hydranet.data.collate import Batch
+from hydranet import runtime
+from hydranet.data import Batch
 
-__all__ = ["TaskView", "as_batch", "epoch_sampler", "inputs_of", "length_of", "move_to", "take_rows", "takes_position"]
+__all__ = [
+    "TaskView",
+    "as_batch",
+    "check_shards",
+    "epoch_sampler",
+    "inputs_of",
+    "length_of",
+    "move_to",
+    "takes_position",
+]
 
 
 def as_batch(batch: Any) -> Batch:
@@ -104,23 +114,49 @@ class TaskView:
             batch = as_batch(raw)
             mask = batch.masks.get(task)
             present = mask is not None and bool(mask.any())
-            if not distributed.count([present])[0]:
+            if not runtime.count([present])[0]:
                 continue
             if not present:  # other ranks have the task: this rank comes with no sample of it
-                yield Batch(take_rows(batch.inputs, torch.zeros(0, dtype=torch.long)), {}, {}, None)
+                yield Batch(_take_rows(batch.inputs, torch.zeros(0, dtype=torch.long)), {}, {}, None)
                 continue
             rows = mask.nonzero().squeeze(1)
             target = batch.targets[task]
             target = [target[int(i)] for i in rows] if isinstance(target, list) else target[rows]
-            yield Batch(take_rows(batch.inputs, rows), {task: target}, {task: mask[rows]}, None)
+            yield Batch(_take_rows(batch.inputs, rows), {task: target}, {task: mask[rows]}, None)
 
 
-def take_rows(value: Any, rows: Tensor) -> Any:
+def _take_rows(value: Any, rows: Tensor) -> Any:
     """The given rows of every tensor in a (nested) batch part."""
     if isinstance(value, Tensor):
         return value[rows.to(value.device)]
     if isinstance(value, Mapping):
-        return {k: take_rows(v, rows) for k, v in value.items()}
+        return {k: _take_rows(v, rows) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(take_rows(v, rows) for v in value)
+        return type(value)(_take_rows(v, rows) for v in value)
     return value
+
+
+def check_shards(loader: Any, name: str, *, same_length: bool) -> None:
+    """Under DDP: the loader's sampler shards over all ranks, and (``same_length``, training) every rank
+    runs as many batches, or some rank would wait forever for the others' gradients. Every rank decides
+    on the same gathered facts, so all raise together (collective; nothing outside a process group)."""
+    if not runtime.is_distributed():
+        return
+    sampler = epoch_sampler(loader) or getattr(loader, "sampler", None)
+    facts = runtime.gather((length_of(loader), getattr(sampler, "num_replicas", None)))
+    world = runtime.world_size()
+    replicas = {r for _, r in facts if r is not None}
+    if replicas and replicas != {world}:
+        raise ValueError(
+            f"The {name}'s sampler shards the data over {sorted(replicas)} replica(s), but {world} processes "
+            "train: build the samplers after the process group starts (inside hydranet.distributed."
+            "process_group()), so that they take the world size from it."
+        )
+    lengths = [n for n, _ in facts]
+    if same_length and (None in lengths or len(set(lengths)) > 1):
+        shown = ", ".join(f"rank {r}: {'no length' if n is None else n}" for r, n in enumerate(lengths))
+        raise ValueError(
+            f"Under DDP every rank must run the same number of training batches, and the {name} gives "
+            f"{shown}. Use hydranet.data.TaskBatchSampler (equal batches on every rank) or a "
+            "DistributedSampler, with a loader that has a length."
+        )

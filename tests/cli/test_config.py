@@ -1,6 +1,6 @@
 import pytest
 
-from hydranet.config import ConfigError, load_config, parse_override, validate_config
+from hydranet.cli.config import ConfigError, load_config, parse_override, validate_config
 
 MINIMAL = {
     "tasks": {"a": {"kind": "binary"}},

@@ -1,4 +1,4 @@
-"""What each ``hydranet`` sub-command does (argument parsing lives in :mod:`hydranet.cli`)."""
+"""What each ``hydranet`` sub-command does (argument parsing lives in :mod:`hydranet.cli.main`)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from hydranet import runtime as distributed
-from hydranet.checkpoint import load_checkpoint
-from hydranet.config import Config, ConfigError, load_config, parse_override
+from hydranet.cli._codes import EXIT_OK
+from hydranet.cli.config import Config, ConfigError, load_config, parse_override
+from hydranet.cli.sources import build_split, build_tasks
 from hydranet.data.collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
-from hydranet.data.sources import build_split, build_tasks
 from hydranet.tasks import Task
-
-EXIT_OK = 0
+from hydranet.train.checkpoint import load_checkpoint
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -248,7 +247,7 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from hydranet.demo import run_demo
+    from hydranet.cli.demo import run_demo
 
     run_demo(
         out=args.out,
@@ -264,7 +263,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from hydranet.bench import run_bench
+    from hydranet.cli.bench import run_bench
 
     run_bench(quick=args.quick)
     return EXIT_OK

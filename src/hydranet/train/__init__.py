@@ -1,0 +1,37 @@
+"""Training: one multi-task :class:`Step`, the :class:`Trainer` loop around it, callbacks, checkpoints
+and single-task baselines.
+
+* :mod:`~hydranet.train.step`: :class:`Step` (forward, masked losses, balancer backward, guards, DDP's
+  unused heads), reusable by a LightningModule or your own loop;
+* :mod:`~hydranet.train.trainer`: :class:`Trainer` (fit / evaluate / predict / report);
+* :mod:`~hydranet.train.callbacks`: :class:`Callback` and the built-ins (early stopping, log files,
+  checkpoints, report);
+* :mod:`~hydranet.train.checkpoint`: atomic, verified checkpoint files and random states;
+* :mod:`~hydranet.train.baselines`: single-task baselines and Δm against them;
+* :mod:`~hydranet.train.loaders`: what the loop needs to know of a loader.
+"""
+
+from hydranet.runtime import is_main_process
+from hydranet.train._setup import OPTIMIZERS, SCHEDULERS
+from hydranet.train.callbacks import Callback, Checkpointing, EarlyStopping, LogFiles, WriteReport
+from hydranet.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from hydranet.train.step import NonFiniteLossError, Step, StepOutput
+from hydranet.train.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "Checkpointing",
+    "EarlyStopping",
+    "LogFiles",
+    "NonFiniteLossError",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "Step",
+    "StepOutput",
+    "Trainer",
+    "WriteReport",
+    "is_main_process",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+]

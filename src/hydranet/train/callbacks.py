@@ -1,0 +1,202 @@
+"""Hooks into :class:`~hydranet.train.Trainer`: subclass :class:`Callback` and override what you need.
+
+Built-in callbacks: :class:`EarlyStopping` (patience on the monitored value), :class:`LogFiles`
+(``metrics.csv`` and TensorBoard), :class:`Checkpointing` (``last.pt`` / ``best.pt``, also within
+epochs) and :class:`WriteReport` (the report folder when fitting ends). The trainer builds the first
+three from its settings; ``LogFiles`` runs before the callbacks you give, ``Checkpointing`` after them.
+
+The trainer calls, in this order::
+
+    on_fit_start(trainer)
+    for each epoch:
+        on_epoch_start(trainer, epoch)
+        on_batch_end(trainer, step, info)        # after every batch (micro-batch)
+        on_validation_end(trainer, metrics)      # when there is a validation loader
+        on_epoch_end(trainer, epoch, log)
+    on_fit_end(trainer)                          # also when training stops early or fails
+
+Callbacks run in the order given to the trainer. A callback stops training after the current epoch
+by setting ``trainer.should_stop = True``. ``on_validation_end`` receives the validation scores
+``{task: {metric: value}}`` as the trainer will use them: a callback may edit or add values there,
+and early stopping, Δm, the history and the logs see the edited scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydranet import runtime
+from hydranet.report.history import EpochLog
+from hydranet.train.checkpoint import save_epoch_end, save_mid_epoch
+
+if TYPE_CHECKING:
+    from hydranet.train.trainer import Trainer
+
+__all__ = ["Callback", "CallbackList", "Checkpointing", "EarlyStopping", "LogFiles", "WriteReport"]
+
+
+class Callback:
+    """Base class of trainer hooks; every hook does nothing by default."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (after a resumed checkpoint is loaded)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Before the first batch of ``epoch`` (counted from 0)."""
+
+    def on_batch_end(self, trainer: Trainer, step: int, info: Mapping[str, Any]) -> None:
+        """After every training batch.
+
+        Args:
+            step: optimizer steps taken so far (``trainer.global_step``).
+            info: the balancer's diagnostics (``losses``, ``weights``, ``grad_norms``, ``cosines``, ...)
+                plus ``batch`` (position in the epoch, from 1), ``stepped`` (whether this batch ended an
+                accumulation group, so the optimizer stepped) and, when gradients are clipped and the
+                optimizer stepped, ``grad_norm`` (the total norm before clipping).
+        """
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, dict[str, float]]) -> None:
+        """After validation; ``metrics`` is ``{task: {metric: value}}`` and may be edited in place."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, log: EpochLog) -> None:
+        """After the epoch's record ``log`` is in ``trainer.history`` and early stopping has seen it,
+        before the epoch's checkpoints are written."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch, or when training stops on an error."""
+
+
+class CallbackList:
+    """Dispatches each hook to several callbacks, in order."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"Callbacks must be hydranet.train.Callback instances, got {type(callback).__name__}: "
+                    "subclass Callback and override the hooks you need."
+                )
+
+    def __getattr__(self, hook: str) -> Any:
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def dispatch(*args: Any) -> None:
+            for callback in self.callbacks:
+                getattr(callback, hook)(*args)
+
+        return dispatch
+
+
+
+@dataclass
+class EarlyStopping(Callback):
+    """Patience on a monitored value.
+
+    A value improves on the best so far when it is larger by more than ``min_delta`` (``mode="max"``)
+    or smaller by more than ``min_delta`` (``"min"``); a NaN never improves. After ``patience``
+    epochs in a row without improvement, ``stopped`` becomes true (never with ``patience=None``).
+    The trainer feeds it the monitored value after each epoch (:meth:`update`), before the other
+    callbacks' ``on_epoch_end``, so that they and the checkpoints see whether the epoch improved.
+    """
+
+    mode: str
+    patience: int | None = None
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped: bool = False
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record the value of ``epoch``; return whether it is a new best."""
+        value = float(value)
+        if self.best is None and math.isfinite(value):
+            better = True
+        elif self.mode == "max":
+            better = self.best is not None and value > self.best + self.min_delta
+        else:
+            better = self.best is not None and value < self.best - self.min_delta
+        if better:
+            self.best, self.best_epoch, self.wait = value, int(epoch), 0
+            return True
+        self.wait += 1
+        if self.patience is not None and self.wait >= self.patience:
+            self.stopped = True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped = int(state["wait"]), bool(state["stopped"])
+
+
+class LogFiles(Callback):
+    """``folder/metrics.csv`` (every epoch, long format) and, with ``tensorboard``, ``folder/tensorboard/``,
+    written by rank 0. A resumed run rewrites the CSV from its history first: no duplicate rows."""
+
+    def __init__(self, folder: str | Path, *, tensorboard: bool = True) -> None:
+        self.folder, self.tensorboard = Path(folder), bool(tensorboard)
+        self._loggers: list[Any] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not runtime.is_main_process():
+            return
+        from hydranet.report.loggers import CSVLogger, TensorBoardLogger
+
+        csv_logger = CSVLogger(self.folder / "metrics.csv")
+        self._loggers = [csv_logger]
+        for log in trainer.history:
+            csv_logger.log(log.epoch, log)
+        if self.tensorboard:
+            self._loggers.append(TensorBoardLogger(self.folder / "tensorboard"))
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, log: EpochLog) -> None:
+        for target in self._loggers:
+            target.log(epoch, log)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        for target in self._loggers:
+            target.close()
+        self._loggers = []
+
+
+class Checkpointing(Callback):
+    """``folder/last.pt`` after every epoch and ``best.pt`` when the monitored value improved, as ``mode``
+    (``"last+best"``, ``"last"``, ``"best"``) asks; with ``every``, also ``last.pt`` every this many
+    optimizer steps within an epoch (mid-epoch resume). Collective under DDP: rank 0 writes."""
+
+    def __init__(self, folder: str | Path, mode: str = "last+best", *, every: int | None = None) -> None:
+        self.folder, self.mode, self.every = Path(folder), mode, every
+
+    def on_batch_end(self, trainer: Trainer, step: int, info: Mapping[str, Any]) -> None:
+        epoch_state = trainer._epoch_state
+        if (
+            self.every is not None
+            and info["stepped"]
+            and step % self.every == 0
+            and epoch_state is not None
+            and info["batch"] != epoch_state.n_batches
+        ):
+            save_mid_epoch(trainer, self.folder, trainer.epoch, info["batch"], epoch_state.loader, epoch_state.means)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, log: EpochLog) -> None:
+        save_epoch_end(trainer, self.folder, self.mode, epoch, trainer.improved)
+
+
+class WriteReport(Callback):
+    """Writes the run's report (:meth:`hydranet.train.Trainer.report`) into ``folder`` when fitting ends,
+    scored on ``test_loader`` when one is given."""
+
+    def __init__(self, folder: str | Path | None = None, test_loader: Any = None, *, plots: bool = True) -> None:
+        self.folder, self.test_loader, self.plots = folder, test_loader, plots
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        trainer.report(self.folder, self.test_loader, plots=self.plots)

@@ -1,0 +1,329 @@
+"""Checkpoint files and random states: atomic writes, safe loads, and every global RNG captured.
+
+A checkpoint is written to a temporary file in the target folder, flushed, fsynced, then renamed over
+the previous one (and the folder fsynced), so a crash or a full disk during a save leaves the previous
+checkpoint readable. Loading uses ``torch.load(weights_only=True)``: no code from the file runs.
+
+The second half reads and writes a :class:`~hydranet.train.Trainer`'s whole state: model, optimizer,
+scheduler, GradScaler, balancer, history, early stopping, baselines and the loop position, with the
+random states of every rank (see :mod:`hydranet.train.trainer` on exact resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+import torch
+
+from hydranet import runtime
+from hydranet._version import __version__
+from hydranet.report.history import History
+from hydranet.tasks import Task
+from hydranet.train.loaders import epoch_sampler, takes_position
+
+if TYPE_CHECKING:
+    from hydranet.train.trainer import Trainer
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "check_tasks",
+    "copy_atomic",
+    "load_checkpoint",
+    "read_checked",
+    "read_resume",
+    "restore",
+    "rng_state",
+    "save_checkpoint",
+    "save_epoch_end",
+    "save_mid_epoch",
+    "seed_everything",
+    "set_rng_state",
+    "training_state",
+]
+
+CHECKPOINT_FORMAT = "hydranet.checkpoint/1"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state, in a form ``torch.load(weights_only=True)`` reads back."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the random states captured by :func:`rng_state`."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, flushed and
+    fsynced, then renamed over ``path``. If anything fails, the previous file at ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda handle: torch.save(dict(state), handle))
+    return path
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy a checkpoint file with the same guarantees as :func:`save_checkpoint`."""
+
+    def copy(handle: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            while chunk := src.read(1 << 24):
+                handle.write(chunk)
+
+    _write_atomic(target, copy)
+
+
+def _write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file beside ``target``, flush and fsync it, rename it over ``target``."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a hydranet checkpoint on the CPU (``weights_only``: no code runs while loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {str(path)!r}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a readable hydranet checkpoint ({type(err).__name__}); pass the best.pt or "
+            "last.pt that training wrote."
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not a hydranet checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
+            f"expected {CHECKPOINT_FORMAT!r}); to load bare weights use model.load_state_dict(torch.load(path))."
+        )
+    return state
+
+
+# ------------------------------------------------------------------------------ trainer states
+
+
+def training_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything of ``trainer`` but the loop position: model, optimizer, scheduler, scaler, balancer,
+    history, early stopping, baselines and the run's metadata."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "hydranet_version": __version__,
+        "torch_version": str(torch.__version__),
+        "tasks": {name: task.to_dict() for name, task in trainer.tasks.items()},
+        "config": {
+            "balancer": trainer.balancer.name,
+            "optimizer": type(trainer.optimizer).__name__,
+            "lr": trainer.lr,
+            "weight_decay": trainer.weight_decay,
+            "scheduler": None if trainer.scheduler is None else type(trainer.scheduler).__name__,
+            "scheduler_interval": trainer.scheduler_interval,
+            "accumulate": trainer.accumulate,
+            "grad_clip": trainer.grad_clip,
+            "amp": trainer.amp,
+            "monitor": trainer.monitor,
+            "mode": trainer.early_stopping.mode,
+            "patience": trainer.patience,
+            "min_delta": trainer.min_delta,
+            "seed": trainer.seed,
+        },
+        "model": trainer.step.core.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
+        "scaler": None if trainer.scaler is None else trainer.scaler.state_dict(),
+        "balancer": trainer.balancer.state_dict(),
+        "history": trainer.history.to_dict(),
+        "early_stopping": trainer.early_stopping.state_dict(),
+        "baselines": trainer.baselines,
+        "global_step": trainer.global_step,
+    }
+
+
+def _rank_progress(trainer: Trainer, *, epoch_start: bool) -> dict[str, Any]:
+    """Under DDP, ``{"ranks": [random states of rank 0, rank 1, ...]}`` (collective): each rank resumes
+    its own, which differ once ranks draw differently (dropout in heads of rank-dependent tasks)."""
+    if not runtime.is_distributed():
+        return {}
+    own = {"rng": rng_state(), **({"rng_epoch_start": trainer.rng_epoch_start} if epoch_start else {})}
+    return {"ranks": runtime.gather(own)}
+
+
+def save_mid_epoch(trainer: Trainer, folder: Path, epoch: int, position: int, loader: Any, means: Any) -> None:
+    """``folder/last.pt`` after ``position`` batches of ``epoch`` (collective under DDP)."""
+    # Collectives first, on every rank; then rank 0 writes while the others wait for it. The saved
+    # means are those of all ranks, resumed by rank 0 alone (the ranks' means add up at epoch end).
+    means_state = means.across_ranks().state_dict()
+    ranks = _rank_progress(trainer, epoch_start=True)
+
+    def write() -> None:
+        sampler = epoch_sampler(loader)
+        state = training_state(trainer)
+        state["progress"] = {
+            "epoch": epoch,
+            "position": position,
+            "sampler": sampler.state_dict(position=position) if takes_position(sampler) else None,
+            "rng_epoch_start": trainer.rng_epoch_start,
+            "rng": rng_state(),
+            "means": means_state,
+            **ranks,
+        }
+        save_checkpoint(state, folder / "last.pt")
+
+    runtime.on_main(write)
+
+
+def save_epoch_end(trainer: Trainer, folder: Path, mode: str, epoch: int, improved: bool) -> None:
+    """``last.pt`` and (when ``improved``) ``best.pt`` after ``epoch``, as ``mode`` (``"last+best"``,
+    ``"last"``, ``"best"``) asks (collective under DDP)."""
+    save_last = "last" in mode
+    save_best = "best" in mode and improved  # the same on every rank (synchronised values)
+    if not (save_last or save_best):
+        return
+    ranks = _rank_progress(trainer, epoch_start=False)
+
+    def write() -> None:
+        state = training_state(trainer)
+        state["progress"] = {"epoch": epoch + 1, "position": 0, "rng": rng_state(), **ranks}
+        last, best = folder / "last.pt", folder / "best.pt"
+        if save_last:
+            save_checkpoint(state, last)
+            if save_best:
+                copy_atomic(last, best)
+        elif save_best:
+            save_checkpoint(state, best)
+
+    runtime.on_main(write)
+
+
+def read_resume(resume: str | Path, folder: Path | None, tasks: Mapping[str, Task]) -> dict[str, Any] | None:
+    """The training state to resume from: ``"last"`` (``folder/last.pt``; None when there is none yet)
+    or a path; its tasks must be ``tasks``."""
+    if str(resume) == "last":
+        if folder is None:
+            raise ValueError("resume='last' reads out_dir/last.pt: set out_dir=, or pass a path.")
+        path = folder / "last.pt"
+        if not path.is_file():
+            import warnings
+
+            warnings.warn(f"No checkpoint at {path} yet: training from the start.", stacklevel=6)
+            return None
+    else:
+        path = Path(resume)
+    state = read_checked(path, tasks)
+    if "progress" not in state:
+        raise ValueError(f"{path} holds weights only, no training state to resume from.")
+    return state
+
+
+def read_checked(path: str | Path, tasks: Mapping[str, Task]) -> dict[str, Any]:
+    """The checkpoint at ``path``, after checking that it was trained for ``tasks``."""
+    state = load_checkpoint(path)
+    check_tasks(state, tasks, path)
+    return state
+
+
+def check_tasks(state: Mapping[str, Any], tasks: Mapping[str, Task], path: Path | str) -> None:
+    """Raise unless the checkpoint ``state`` holds the same tasks, kinds, sizes and class names."""
+    saved = state.get("tasks", {})
+    mine = {n: t.to_dict() for n, t in tasks.items()}
+
+    # class names too: the same number of classes in another order would decode predictions wrongly
+    def shape(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (spec["kind"], spec["num_classes"], spec["dim"], spec.get("class_names"))
+
+    def describe(specs: Mapping[str, Any]) -> str:
+        return ", ".join(f"{n} ({s['kind']})" for n, s in specs.items())
+
+    if list(saved) != list(mine) or any(shape(saved[n]) != shape(mine[n]) for n in mine):
+        raise ValueError(
+            f"The checkpoint {str(path)!r} was trained for tasks [{describe(saved)}], but this trainer has "
+            f"[{describe(mine)}]. Build the model and trainer with the checkpoint's tasks, or start a new run."
+        )
+
+
+def restore(trainer: Trainer, state: Mapping[str, Any]) -> dict[str, Any]:
+    """Load a full training state into ``trainer``; return where the loop continues."""
+    trainer.step.core.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if (state["scheduler"] is None) != (trainer.scheduler is None):
+        raise ValueError(
+            "The checkpoint was saved " + ("with" if state["scheduler"] is not None else "without")
+            + " a learning-rate scheduler; resume with the same scheduler= setting."
+        )
+    if trainer.scheduler is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state["scaler"] is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.balancer.load_state_dict(state["balancer"])
+    trainer.history = History.from_dict(state["history"])
+    trainer.early_stopping.load_state_dict(state["early_stopping"])
+    if state["baselines"] is not None:
+        trainer.baselines = {t: dict(v) for t, v in state["baselines"].items()}
+    trainer.global_step = int(state["global_step"])
+    progress = dict(state["progress"])
+    ranks = progress.pop("ranks", None)
+    if ranks is not None and len(ranks) == runtime.world_size():  # this rank's own random states
+        progress.update(ranks[runtime.rank()])
+    trainer.epoch = int(progress["epoch"])
+    if progress["position"] == 0:
+        set_rng_state(progress["rng"])
+    return progress

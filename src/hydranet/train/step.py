@@ -1,0 +1,356 @@
+r"""One multi-task step, usable by the :class:`~hydranet.train.Trainer`, a LightningModule or your own loop.
+
+:class:`Step` does what happens between a batch and the gradients:
+
+1. the forward pass: the backbone once, the heads of the tasks present in the batch only, under
+   autocast when AMP is on;
+2. the masked task losses :math:`L_t(B)`, each averaged over the samples labelled for task :math:`t`
+   (:class:`~hydranet.losses.MultiTaskLoss` by default);
+3. a guard: a NaN or infinite loss raises :class:`NonFiniteLossError` before anything is updated;
+4. the balancer's backward pass, which writes its combined gradient into ``.grad`` (for ``ew``:
+   :math:`\nabla \sum_t L_t`).
+
+Under DistributedDataParallel, DDP's reducer waits for a gradient of every parameter: the heads a
+rank does not use get a zero-valued loss term (:class:`UnusedParameters`), and ranks agree on which
+tasks any of them has (one tiny all-reduce), so that the heads of tasks no rank had get no gradient, as
+in one process.
+
+:meth:`Step.optimizer_step` is separate: the loop decides when to step (gradient accumulation), and
+the step averages the accumulated gradients, unscales them (fp16), clips and steps::
+
+    step = Step(model, tasks, balancer, optimizer=optimizer)
+    for i, batch in enumerate(loader):
+        out = step(batch, last_in_group=(i + 1) % k == 0)   # gradients accumulate in .grad
+        if (i + 1) % k == 0:
+            step.optimizer_step(micro=k)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from hydranet import runtime
+from hydranet.balancing import Balancer
+from hydranet.data import Batch
+from hydranet.tasks import Task
+
+__all__ = ["AMP_DTYPES", "NonFiniteLossError", "Step", "StepOutput", "UnusedParameters", "unwrap", "wrap_model"]
+
+#: Autocast dtypes of the AMP modes.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task loss (or the gradient norm) became NaN or infinite; training stopped without saving."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel inside a process group (unchanged outside one, or when it is
+    wrapped already).
+
+    ``find_unused_parameters`` stays off: it costs a traversal of the autograd graph every step, and
+    :class:`Step` instead gives the heads that a step does not use a zero gradient, so DDP's reducer
+    finds a gradient for every parameter.
+    """
+    if not runtime.is_distributed() or isinstance(model, nn.parallel.DistributedDataParallel):
+        return model
+    index = device.index if device.index is not None else runtime.local_rank()
+    device_ids = [index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+class UnusedParameters:
+    """The parameters a step leaves without a gradient, made acceptable to DDP's reducer.
+
+    Without ``find_unused_parameters`` the reducer waits for a gradient of every parameter in every
+    synchronised backward pass. A head whose task is not in a rank's batch gets none, the reducer never
+    finishes, and the next step fails or hangs. :meth:`zero_term` is a loss term of value 0 that reaches
+    exactly those parameters (``0 * sum(p)`` for each), so each gets a zero gradient on this rank and
+    the all-reduce averages it with the real gradient of the ranks that had the task. After the step,
+    :meth:`release` sets ``.grad`` back to ``None`` for the parameters of the tasks no rank had, so the
+    optimizer leaves them alone (momentum and weight decay would move them otherwise), as it does in one
+    process.
+
+    Args:
+        model: the unwrapped model.
+        shared: its shared parameters (always reached).
+        owned: ``{task: parameters of that task only}`` for the trained tasks; every other trainable
+            parameter of ``model`` (heads of tasks that are not trained) counts as never reached.
+    """
+
+    def __init__(self, model: nn.Module, shared: Sequence[Tensor], owned: Mapping[str, Sequence[Tensor]]) -> None:
+        self._shared = {id(p) for p in shared}
+        self._owned = {task: [p for p in params if p.requires_grad] for task, params in owned.items()}
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
+        self._cache: dict[frozenset[str], list[Tensor]] = {}
+
+    def _outside(self, tasks: Collection[str]) -> list[Tensor]:
+        """The trainable parameters that are neither shared nor owned by one of ``tasks``."""
+        key = frozenset(tasks)
+        if key not in self._cache:
+            inside = self._shared | {id(p) for t in key for p in self._owned.get(t, ())}
+            self._cache[key] = [p for p in self._trainable if id(p) not in inside]
+        return self._cache[key]
+
+    def zero_term(self, present: Collection[str]) -> Tensor | None:
+        """``0 * sum(p)`` over the parameters the tasks ``present`` on this rank do not reach (None: all reached)."""
+        params = self._outside(present)
+        if not params:
+            return None
+        return sum(p.sum() for p in params) * 0.0  # type: ignore[return-value]
+
+    def release(self, reached: Collection[str]) -> None:
+        """Drop the (zero) gradients of the parameters that no rank's tasks ``reached`` since the last step."""
+        for param in self._outside(reached):
+            param.grad = None
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` on the way back (fp16 loss scaling applied
+    where the balancer's gradient enters the model, so the loss values it weighs stay unscaled)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+@dataclass
+class StepOutput:
+    """What one :class:`Step` call did.
+
+    Attributes:
+        losses: ``{task: loss}`` (detached scalars) of the tasks in the batch; empty when no trained
+            task was in it (then nothing was computed and no gradient written).
+        info: the balancer's diagnostics (``losses`` as floats, ``weights``, ``grad_norms``,
+            ``cosines``, ...), as :meth:`hydranet.balancing.Balancer.backward` returns them.
+    """
+
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _where(epoch: int | None, position: int | None) -> str:
+    if epoch is None:
+        return "this batch" if position is None else f"batch {position}"
+    return f"epoch {epoch}" + ("" if position is None else f", batch {position}")
+
+
+class Step:
+    """One multi-task step: forward, masked losses, finiteness guard, balancer backward.
+
+    Args:
+        model: a model with the HydraNet contract (``model(x, tasks=..., return_features=...)``,
+            ``shared_parameters()``, ``task_parameters(task)``), DDP-wrapped or not.
+        tasks: the trained tasks, ``{name: Task}``.
+        balancer: the :class:`~hydranet.balancing.Balancer` that turns the losses into gradients.
+        loss: ``(outputs, targets, masks) -> {task: loss}``; default
+            :class:`~hydranet.losses.MultiTaskLoss` of ``tasks``.
+        optimizer: the optimizer :meth:`optimizer_step` steps (not needed to compute gradients only).
+        amp: ``None``, ``"bf16"`` or ``"fp16"`` (autocast dtype of the forward pass).
+        scaler: the ``torch.amp.GradScaler`` of fp16 training.
+        grad_clip: clip the total gradient norm of the model's parameters to this value in
+            :meth:`optimizer_step`.
+        device: where batches go; default the device of the model's first parameter.
+        lr: the learning rate named in the error of a non-finite loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Mapping[str, Task],
+        balancer: Balancer,
+        loss: Callable[..., Mapping[str, Tensor]] | None = None,
+        *,
+        optimizer: Optimizer | None = None,
+        amp: str | None = None,
+        scaler: Any = None,
+        grad_clip: float | None = None,
+        device: torch.device | None = None,
+        lr: float | None = None,
+    ) -> None:
+        self.model = model
+        self.core = unwrap(model)
+        self.tasks = dict(tasks)
+        self.balancer = balancer
+        if loss is None:
+            from hydranet.losses import MultiTaskLoss
+
+            loss = MultiTaskLoss(list(self.tasks.values()))
+        self.loss_fn = loss
+        self.optimizer, self.amp, self.scaler, self.grad_clip, self.lr = optimizer, amp, scaler, grad_clip, lr
+        self.device = device if device is not None else next(self.core.parameters()).device
+        self.ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        self.unused = UnusedParameters(
+            self.core, self.core.shared_parameters(), {t: self.core.task_parameters(t) for t in self.tasks}
+        )
+        self._group_tasks: set[str] = set()  # under DDP: tasks some rank had since the last optimizer step
+
+    def forward(self, model: nn.Module, batch: Batch, tasks: list[str], *, features: bool = False) -> Any:
+        """``model(batch.inputs, tasks=tasks)`` under the step's autocast."""
+        dtype = AMP_DTYPES.get(self.amp, torch.float32) if self.amp is not None else torch.float32
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp is not None):
+            return model(batch.inputs, tasks=tasks, return_features=features)
+
+    def __call__(
+        self,
+        batch: Batch,
+        *,
+        last_in_group: bool = True,
+        epoch: int | None = None,
+        position: int | None = None,
+        global_step: int | None = None,
+    ) -> StepOutput:
+        """Forward, losses and backward of one (micro-)batch; the gradients are added to ``.grad``.
+
+        Args:
+            batch: a :class:`~hydranet.data.Batch`.
+            last_in_group: whether this is the last micro-batch before an optimizer step (under DDP the
+                gradients are all-reduced then, inside ``no_sync()`` otherwise).
+            epoch, position, global_step: where the loop is, named in errors.
+
+        Raises:
+            NonFiniteLossError: a task loss is NaN or infinite (nothing was written into ``.grad``).
+        """
+        batch = batch.to(self.device, non_blocking=True)
+        tasks = [t for t in batch.tasks if t in self.tasks]
+        if not self._agree_on_tasks(tasks, _where(epoch, position)):
+            return StepOutput()
+        synchronised = self.synchronised(last_in_group)
+        with self._sync_context(synchronised):
+            out = self.forward(self.model, batch, tasks, features=self.balancer.requires_features)
+            outputs, features = out if self.balancer.requires_features else (out, None)
+            if self.scaler is not None:
+                # The current loss scale as a tensor (no host sync); calling scale() also lets the
+                # scaler's unscale_/step accept this iteration.
+                scale = self.scaler.scale(torch.ones((), device=self.device))
+                outputs = {t: _ScaleGrad.apply(o, scale) for t, o in outputs.items()}
+            with torch.autocast(self.device.type, enabled=False):
+                outputs = {t: o.float() for t, o in outputs.items()}
+                losses = {t: v for t, v in self.loss_fn(outputs, batch.targets, batch.masks).items() if t in self.tasks}
+            if not losses:
+                return StepOutput()
+            self._check_finite(losses, epoch, position, global_step)
+            detached = {t: v.detach() for t, v in losses.items()}
+            if synchronised:
+                # DDP's reducer waits for a gradient of every parameter: give the heads this rank does not
+                # use a zero one (the loss values do not change).
+                zero = self.unused.zero_term(losses)
+                if zero is not None:
+                    first = next(iter(losses))
+                    losses = {**losses, first: losses[first] + zero.to(losses[first].dtype)}
+            task_params = {t: self.core.task_parameters(t) for t in self.tasks}
+            info = dict(self.balancer.backward(losses, self.core.shared_parameters(), task_params, features))
+            return StepOutput(detached, info)
+
+    def synchronised(self, last_in_group: bool) -> bool:
+        """Whether DDP all-reduces the gradients of this backward pass: not outside DDP, not when the
+        balancer reduces the gradients itself (gradient methods average the task Jacobian over the ranks),
+        not on the micro-batches before the last of an accumulation group (their gradients join the
+        last one's all-reduce)."""
+        return self.ddp and last_in_group and not self.balancer.handles_ddp_sync
+
+    def _sync_context(self, synchronised: bool) -> contextlib.AbstractContextManager[Any]:
+        """``model.no_sync()`` for a DDP backward pass that must not all-reduce."""
+        if not self.ddp or synchronised:
+            return contextlib.nullcontext()
+        return self.model.no_sync()  # type: ignore[operator]
+
+    def _agree_on_tasks(self, tasks: list[str], where: str) -> bool:
+        """Under DDP: whether some rank has a task in this batch (all ranks then train on it, or all skip
+        it), and which tasks some rank has (:meth:`optimizer_step` needs them). Alone: whether ``tasks``
+        is empty."""
+        if not self.ddp:
+            return bool(tasks)
+        counts = runtime.count([bool(tasks)] + [t in tasks for t in self.tasks])
+        world = runtime.world_size()
+        if 0 < counts[0] < world:
+            raise ValueError(
+                f"At {where}, {world - counts[0]} of {world} ranks have no labelled sample "
+                f"of a trained task ({', '.join(self.tasks)}) while the others have some. Under DDP every rank "
+                "must take part in every step: use hydranet.data.TaskBatchSampler (one task per batch gives every "
+                "rank the same task; quotas give every rank every task), or make sure each rank's batch holds a "
+                "label of some trained task."
+            )
+        self._group_tasks.update(t for t, n in zip(self.tasks, counts[1:]) if n)
+        return counts[0] > 0
+
+    def _check_finite(
+        self, losses: Mapping[str, Tensor], epoch: int | None, position: int | None, global_step: int | None
+    ) -> None:
+        values = torch.stack([v.detach().reshape(()) for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [t for t, v in zip(losses, values.tolist()) if not math.isfinite(v)]
+        step = "" if global_step is None else f" (optimizer step {global_step})"
+        lr = "" if self.lr is None else f" (lr={self.lr:g})"
+        raise NonFiniteLossError(
+            f"The loss of task {bad[0]!r} is {values[list(losses).index(bad[0])].item()} at "
+            f"{_where(epoch, position)}{step}. Lower the learning rate{lr}, clip "
+            f"gradients (grad_clip=1.0), or check the targets of {bad[0]!r} for NaN, infinite or out-of-range "
+            "values. No checkpoint was written for this epoch; the best checkpoint is untouched."
+        )
+
+    def optimizer_step(self, micro: int = 1, *, epoch: int | None = None, global_step: int = 0) -> float | None:
+        """Average the gradients of ``micro`` accumulated micro-batches, unscale (fp16), clip, step the
+        optimizer and clear the gradients; return the total gradient norm before clipping (None
+        without ``grad_clip``). ``global_step`` (steps taken before this one) is named in errors."""
+        if self.optimizer is None:
+            raise ValueError("Step.optimizer_step needs the optimizer: build the Step with optimizer=.")
+        if self.ddp:  # heads of tasks no rank had: no gradient, as in one process
+            self.unused.release(self._group_tasks)
+        model_params = [p for p in self.core.parameters() if p.grad is not None]
+        own_params = [p for p in self.balancer.parameters() if p.grad is not None]
+        if not (model_params or own_params):  # no task in the whole group: nothing to update
+            self.zero_grad()
+            return None
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            for p in own_params:  # their gradient did not pass through the scaled outputs
+                p.grad.mul_(scale)  # type: ignore[union-attr]
+            self.scaler.unscale_(self.optimizer)
+        if micro > 1:
+            for params in (model_params, own_params):  # one foreach call per device group
+                if params:
+                    torch._foreach_div_([p.grad for p in params], float(micro))  # type: ignore[misc]
+        norm = None
+        if self.grad_clip is not None and model_params:
+            norm = float(torch.nn.utils.clip_grad_norm_(model_params, self.grad_clip))
+            if not math.isfinite(norm) and self.scaler is None:
+                where = "" if epoch is None else f" (epoch {epoch})"
+                raise NonFiniteLossError(
+                    f"The gradient norm is {norm} at optimizer step {global_step + 1}{where}. "
+                    "Lower the learning rate, or check the targets and inputs for extreme values."
+                )
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.zero_grad()
+        return norm
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of the model and the balancer, and the tasks seen since the last step."""
+        self._group_tasks.clear()
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        for p in self.balancer.parameters():
+            p.grad = None
