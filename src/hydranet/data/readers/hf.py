@@ -51,13 +51,11 @@ from hydranet.data.labels import missing_mask
 from hydranet.data.readers.base import ReaderDataset, assemble, resolve_transform
 from hydranet.data.readers.columns import (
     Declared,
-    Encoded,
     Skipped,
     TasksArg,
     as_vocabularies,
     declare_tasks,
     encode_column,
-    first_problems,
     listing,
     reader_warning,
 )
@@ -271,10 +269,23 @@ def _declare(tasks: TasksArg, columns: Sequence[str], inputs: Sequence[str]) -> 
 
 
 # -- label columns -----------------------------------------------------------------------------------------
-def _problems(n: int, bad: np.ndarray, reasons: Sequence[str]) -> np.ndarray:
-    out = np.full(n, None, dtype=object)
-    out[bad] = list(reasons)
-    return out
+#: Rows that cannot be used and why, kept sparse: ``(int64 rows, one reason each)``.
+Problems = tuple[np.ndarray, list[str]]
+
+
+def _problems(bad: np.ndarray | Sequence[int], reasons: Sequence[str]) -> Problems:
+    return np.asarray(bad, dtype=np.int64).reshape(-1), list(reasons)
+
+
+@dataclasses.dataclass
+class _Column:
+    """One task's labels for every row, and the rows whose value cannot be a label."""
+
+    values: np.ndarray
+    task: Task
+    vocabulary: list[str] | None  # class names, when the column held names
+    bad: np.ndarray
+    reasons: list[str]
 
 
 def _check_kind(d: Declared, allowed: Sequence[str], what: str, source: str) -> None:
@@ -363,11 +374,11 @@ def _indices_to_classes(
     codes = np.full(len(values), MISSING_INT, dtype=np.int64)
     codes[ok] = values[ok].astype(np.int64)
     reasons = [f"{d.name}={values[k].item()!r} is not a class index in [0, {n_classes})" for k in bad]
-    return codes, _problems(len(values), bad, reasons)
+    return codes, _problems(bad, reasons)
 
 
 def _class_label(d: Declared, feature: Any, array: pa.Array, vocab: Sequence[str] | None, unknown: str,
-                 source: str) -> Encoded:
+                 source: str) -> _Column:
     names = list(feature.names)
     if d.kind is None:
         d = dataclasses.replace(d, kind="multiclass")
@@ -377,11 +388,11 @@ def _class_label(d: Declared, feature: Any, array: pa.Array, vocab: Sequence[str
     given = vocab if vocab is not None else d.options.get("class_names")
     codes, names = _remap(d, names, given, codes, unknown, source)
     task = _class_task(d, str(d.kind), names, len(names), source)
-    return Encoded(codes, problems, task, names)
+    return _Column(codes, task, names, *problems)
 
 
-def _numbers(d: Declared, kind_of: str, array: pa.Array, vocab: Sequence[str] | None, source: str) -> Encoded:
-    name, n = d.name, len(array)
+def _numbers(d: Declared, kind_of: str, array: pa.Array, vocab: Sequence[str] | None, source: str) -> _Column:
+    name = d.name
     if vocab is not None:
         raise ValueError(
             f"vocabularies[{name!r}]: column {name!r} holds {kind_of} values, not class names; vocabularies apply "
@@ -416,8 +427,8 @@ def _numbers(d: Declared, kind_of: str, array: pa.Array, vocab: Sequence[str] | 
         floats = values.astype(np.float64)
         bad = np.flatnonzero(valid & ~np.isfinite(floats))
         out = np.where(valid & np.isfinite(floats), floats, np.nan).astype(np.float32)
-        problems = _problems(n, bad, [f"{name}={floats[k]!r} is not a finite number" for k in bad])
-        return Encoded(out, problems, Task(name=name, kind="regression", **d.options), None)
+        problems = _problems(bad, [f"{name}={floats[k]!r} is not a finite number" for k in bad])
+        return _Column(out, Task(name=name, kind="regression", **d.options), None, *problems)
     class_names = d.options.get("class_names")
     declared_n = d.options.get("num_classes") if kind == "multiclass" else 2
     if declared_n is None and class_names is not None:
@@ -428,7 +439,7 @@ def _numbers(d: Declared, kind_of: str, array: pa.Array, vocab: Sequence[str] | 
         declared_n = max(int(present.max()) + 1 if present.size else 0, 2)
     codes, problems = _indices_to_classes(d, values, valid, int(declared_n), source)
     names = list(class_names) if class_names is not None else None
-    return Encoded(codes, problems, _class_task(d, kind, names, int(declared_n), source), None)
+    return _Column(codes, _class_task(d, kind, names, int(declared_n), source), None, *problems)
 
 
 def _is_int_text(text: str) -> bool:
@@ -438,7 +449,7 @@ def _is_int_text(text: str) -> bool:
         return False
 
 
-def _strings(d: Declared, array: pa.Array, vocab: Sequence[str] | None, unknown: str, source: str) -> Encoded:
+def _strings(d: Declared, array: pa.Array, vocab: Sequence[str] | None, unknown: str, source: str) -> _Column:
     """Text labels: the rules of :func:`encode_column`, applied to the distinct values only."""
     codes, names = _names(array)
     given = vocab if vocab is not None else d.options.get("class_names")
@@ -457,13 +468,13 @@ def _strings(d: Declared, array: pa.Array, vocab: Sequence[str] | None, unknown:
     present = codes >= 0
     values = np.full(len(codes), fill, dtype=encoded.values.dtype)
     values[present] = encoded.values[codes[present]]
-    problems = np.full(len(codes), None, dtype=object)
-    problems[present] = encoded.problems[codes[present]]
-    return Encoded(values, problems, encoded.task, encoded.vocabulary)
+    bad_names = np.flatnonzero(~np.equal(encoded.problems, None))  # problems of distinct values
+    bad = np.flatnonzero(present & np.isin(codes, bad_names))
+    return _Column(values, encoded.task, encoded.vocabulary, bad, encoded.problems[codes[bad]].tolist())
 
 
 def _multilabel(d: Declared, inner: Any, kind_of: str, array: pa.Array, vocab: Sequence[str] | None,
-                unknown: str, source: str) -> Encoded:
+                unknown: str, source: str) -> _Column:
     """0/1 rows ``[n, C]`` (a row of -1 where the list is None) from lists of classes, names or indices."""
     name, n = d.name, len(array)
     valid, _, flat, owner = _lists(array)
@@ -493,16 +504,16 @@ def _multilabel(d: Declared, inner: Any, kind_of: str, array: pa.Array, vocab: S
         width = int(width)
     use = (codes >= 0) & (codes < width)
     bad_rows = np.unique(owner[~use & (codes != _DROPPED)])
-    problems = _problems(n, bad_rows, [f"{name}: a value in row {k} is not a label in [0, {width})" for k in bad_rows])
+    problems = _problems(bad_rows, [f"{name}: a value in row {k} is not a label in [0, {width})" for k in bad_rows])
     labels = np.zeros((n, width), dtype=np.float32)
     labels[owner[use], codes[use]] = 1.0
     labels[~valid] = MISSING_INT  # a row of -1: no label for this task
     options = {k: v for k, v in d.options.items() if k not in ("num_classes", "class_names")}
     task = Task(name=name, kind="multilabel", num_classes=width, class_names=names, **options)
-    return Encoded(labels, problems, task, names if kind_of in ("class", "string") else None)
+    return _Column(labels, task, names if kind_of in ("class", "string") else None, *problems)
 
 
-def _vectors(d: Declared, array: pa.Array, source: str) -> Encoded:
+def _vectors(d: Declared, array: pa.Array, source: str) -> _Column:
     name, n = d.name, len(array)
     valid, lengths, flat, _ = _lists(array)
     found = np.unique(lengths[valid])
@@ -531,10 +542,10 @@ def _vectors(d: Declared, array: pa.Array, source: str) -> Encoded:
     ]
     out[bad] = np.nan
     options = {k: v for k, v in d.options.items() if k != "dim"}
-    return Encoded(out, _problems(n, bad, reasons), Task(name=name, kind="regression", dim=dim, **options), None)
+    return _Column(out, Task(name=name, kind="regression", dim=dim, **options), None, *_problems(bad, reasons))
 
 
-def _encode(d: Declared, feature: Any, array: pa.Array, vocab: Sequence[str] | None, unknown: str) -> Encoded:
+def _encode(d: Declared, feature: Any, array: pa.Array, vocab: Sequence[str] | None, unknown: str) -> _Column:
     """One task's labels from its Arrow column (see the module docstring for the rules)."""
     source = f" (column {d.name!r})"
     kind_of = _scalar(feature)
@@ -646,20 +657,22 @@ def _dense(array: pa.Array, name: str) -> np.ndarray:
     return np.asarray(pc.cast(array, pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32)
 
 
-def _feature_inputs(dataset: Any, names: Sequence[str], rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _feature_inputs(
+    dataset: Any, names: Sequence[str], rows: np.ndarray | None
+) -> tuple[np.ndarray, list[Problems]]:
     """``(float32 inputs [n, ...], problems)``: one column keeps its shape, several are flattened side by side."""
     n = len(dataset)
     parts, problems = [], []
     for name in names:
         values = _dense(_column(dataset, name, rows), name)
         bad = np.flatnonzero(~np.isfinite(values.reshape(n, -1)).all(axis=1))
-        problems.append(_problems(n, bad, [f"input {name!r} is None or not finite"] * len(bad)))
+        problems.append(_problems(bad, [f"input {name!r} is None or not finite"] * len(bad)))
         parts.append(values)
     if len(parts) == 1:
         values = parts[0] if parts[0].ndim > 1 else parts[0][:, None]
     else:
         values = np.concatenate([p.reshape(n, -1) for p in parts], axis=1)
-    return values, first_problems(problems, n)
+    return values, problems
 
 
 class HFSamples(Dataset):
@@ -833,13 +846,16 @@ def read_hf(
         table_valid = ~dataset.data.column(inputs[0]).is_null().to_numpy(zero_copy_only=False)
         has = table_valid if rows is None else table_valid[rows]
         missing = np.flatnonzero(~has)
-        input_problems = _problems(n, missing, [f"no value in input column {inputs[0]!r}"] * len(missing))
-    problems = first_problems([input_problems] + [e.problems for e in encoded], n)
-    bad = np.flatnonzero(~np.equal(problems, None))
-    skipped = [Skipped(f"row {k}", problems[k]) for k in bad]
+        input_problems = [_problems(missing, [f"no value in input column {inputs[0]!r}"] * len(missing))]
+    first: dict[int, str] = {}  # row -> its first problem (inputs, then tasks in order); rows are few
+    for bad_rows, reasons in input_problems + [(e.bad, e.reasons) for e in encoded]:
+        for row, reason in zip(bad_rows.tolist(), reasons):
+            first.setdefault(row, reason)
+    skipped = [Skipped(f"row {k}", first[k]) for k in sorted(first)]
     keep = np.ones(n, dtype=bool)
-    keep[bad] = False
-    encoded = [e.take(keep) for e in encoded]
+    keep[list(first)] = False
+    if first:
+        encoded = [dataclasses.replace(e, values=e.values[keep]) for e in encoded]
     for e in encoded:
         if missing_mask(e.values, e.task.kind).all():
             raise ValueError(
@@ -849,7 +865,7 @@ def read_hf(
     labels = {e.task.name: e.values for e in encoded}
     tasks_out = [e.task for e in encoded]
     if numeric:
-        samples: Dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(values[keep])),
+        samples: Dataset = TensorDataset(torch.from_numpy(np.ascontiguousarray(values[keep] if first else values)),
                                          *(torch.from_numpy(v) for v in labels.values()))
     else:
         kinds = {t.name: t.kind for t in tasks_out}
