@@ -210,6 +210,27 @@ def test_shuffled_and_selected_datasets_keep_rows_and_labels_aligned():
         np.testing.assert_allclose(x.numpy(), np.asarray(row["image"]).transpose(2, 0, 1) / 255, rtol=1e-6)
 
 
+def test_concatenated_and_filtered_datasets_and_undecoded_image_columns():
+    data = images_dataset()
+    joined = hf.concatenate_datasets([data, data.select([3, 0])])  # a table of several Arrow chunks
+    kept = joined.filter(lambda row: row["age"] is not None)  # filter leaves a row mapping
+    ds = read_hf(kept.cast_column("image", hf.Image(decode=False)), tasks=["animal", "age"], image_size=(5, 6))
+    ages = [1.5, 3.25, 0.5, 7.0, 2.5, 0.5, 1.5]  # rows 0, 2, 3, 4, 5 of data, then its rows 3 and 0
+    np.testing.assert_allclose(ds.labels("age"), ages)
+    assert ds.task_indices("animal").tolist() == [0, 2, 4, 5, 6] and ds.labels("animal").tolist() == [0, 2, 1, 2, 0]
+    np.testing.assert_allclose(ds[5][0].numpy(), pixels(3).transpose(2, 0, 1) / 255, rtol=1e-6)  # decoded anyway
+
+
+def test_list_of_integers_is_multilabel_once_declared():
+    data = hf.Dataset.from_dict({"x": [0.0, 1.0, 2.0], "labels": [[0, 3], [], [5]]})
+    with pytest.raises(ValueError, match=r"List of integers, which could be label indices .*multilabel"):
+        read_hf(data, input="x")
+    with pytest.warns(ReaderWarning, match=r"row 2: labels: a value in row 2 is not a label in \[0, 4\)"):
+        ds = read_hf(data, input="x", tasks={"labels": {"kind": "multilabel", "num_classes": 4}})
+    np.testing.assert_array_equal(ds.labels("labels"), [[1, 0, 0, 1], [0, 0, 0, 0]])
+    assert ds.tasks["labels"] == hn.Task("labels", "multilabel", num_classes=4)
+
+
 def test_sampler_and_dataloader_batches_match_the_columns():
     data = images_dataset()
     ds = read_hf(data, tasks=["animal", "age"], image_size=(4, 4))
