@@ -18,6 +18,11 @@ GRADIENT_METHOD = "upgrad" if "upgrad" in AGGREGATORS else "mgda"
 # state are told the tasks present on any rank: rank 1 lacks task c, yet its matrix has c's row.
 CASES = [
     (GRADIENT_METHOD, "vmap"),
+    (GRADIENT_METHOD, "features"),  # features-first parameter Jacobian, all-reduced
+    (GRADIENT_METHOD, "gramian"),  # K from the all-reduced blocks, then one weighted backward
+    (GRADIENT_METHOD, "auto"),
+    ("mgda", "gramian"),
+    ("pcgrad", "features"),
     (GRADIENT_METHOD, "representation"),
     ("moco", "vmap"),
     ("nash_mtl", "representation"),
