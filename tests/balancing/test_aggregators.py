@@ -33,7 +33,11 @@ HOMOGENEOUS = [
     "mean", "sum", "pcgrad", "gradvac", "graddrop", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "config",
 ]  # fmt: skip
 STATEFUL = ["pcgrad", "gradvac", "graddrop", "nash_mtl", "moco", "excess_mtl"]
-FAST = settings(max_examples=30, deadline=None)
+FAST = settings(deadline=None)  # examples: the hypothesis profile's (tests/conftest.py)
+# CAGrad's simplex problem is solved by SLSQP to ftol = 1e-14 in the objective: near the optimum an objective
+# error e moves the weights by sqrt(e / curvature) ~ 1e-7, amplified by c|g0| / |g_w| (up to ~100 on these
+# matrices) in d. The other methods are exact up to rounding.
+CAGRAD_RTOL = 1e-4
 
 
 def random_jacobian(seed: int, tasks: int, params: int, spread: float = 0.0) -> torch.Tensor:
@@ -295,7 +299,8 @@ def test_the_order_of_the_tasks_does_not_matter(name, G, data):
     order = data.draw(st.permutations(range(G.shape[0])))
     expected = build(name)(G)
     scale = max(expected.norm().item(), G.norm(dim=1).max().item())
-    torch.testing.assert_close(build(name)(G[list(order)]), expected, rtol=1e-6, atol=1e-7 * scale)
+    rtol = CAGRAD_RTOL if name == "cagrad" else 1e-6
+    torch.testing.assert_close(build(name)(G[list(order)]), expected, rtol=rtol, atol=0.1 * rtol * scale)
 
 
 @pytest.mark.parametrize("name", NON_CONFLICTING)
@@ -312,7 +317,8 @@ def test_the_update_conflicts_with_no_task(name, G):
 @given(G=jacobians, scale=st.floats(1e-3, 1e3))
 def test_scaling_the_gradients_scales_the_update(name, G, scale):
     expected = scale * build(name)(G)
-    torch.testing.assert_close(build(name)(scale * G), expected, rtol=1e-6, atol=1e-9 * scale * G.abs().max().item())
+    rtol = CAGRAD_RTOL if name == "cagrad" else 1e-6
+    torch.testing.assert_close(build(name)(scale * G), expected, rtol=rtol, atol=rtol * 1e-3 * scale * G.abs().max().item())
 
 
 @FAST

@@ -64,17 +64,37 @@ def mask(tasks) -> torch.Tensor:
 RECORDED = [(case, kind) for case in sorted(CASES) for kind in ("update", "weights") if (CASES[case][0], kind) != ("moco", "weights")]
 
 
-@pytest.mark.parametrize(("case", "kind"), RECORDED)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("present", [None, [True] * T])
-def test_all_tasks_present_is_bit_identical_to_the_recorded_outputs(case, kind, dtype, present):
+def recorded_steps(case: str, kind: str, dtype: torch.dtype, present) -> np.ndarray:
+    """The 8 outputs of a fresh aggregator of ``case`` on :func:`reference_inputs`, stacked."""
     name, options = CASES[case]
-    expected = np.load(REFERENCE)
-    key = f"{case}/{dtype}/{kind}"
     agg = AGGREGATORS[name](**options)
     step = agg if kind == "update" else agg.weights
-    got = np.stack([step(G, present=present).numpy() for G in reference_inputs(dtype)])
-    np.testing.assert_array_equal(got, expected[key])
+    return np.stack([step(G, present=present).numpy() for G in reference_inputs(dtype)])
+
+
+@pytest.mark.parametrize(("case", "kind"), RECORDED)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_mask_of_all_tasks_is_bit_identical_to_no_mask(case, kind, dtype):
+    # Both sides run here, in this process, on this CPU: the all-present step must be the very same arithmetic.
+    np.testing.assert_array_equal(recorded_steps(case, kind, dtype, [True] * T), recorded_steps(case, kind, dtype, None))
+
+
+# Tolerances for outputs recorded on another machine: the last bits of a float depend on the CPU's SIMD
+# path (the order of the additions in a dot product), not on the code. float64: every method here is
+# closed-form arithmetic over 8 steps except Nash-MTL, whose Newton solve stops at a relative residual of
+# 1e-12 (weights accurate to 1e-12 times the conditioning of the 4 x 4 Gram matrix, < 1e3 here): 1e-9.
+# float32: the updates and the tracked state are float32 (6e-8 per rounding, amplified by the same
+# conditioning and the 8 steps of state): 1e-4. atol: the same fraction of the largest recorded entry.
+RECORDED_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@pytest.mark.parametrize(("case", "kind"), RECORDED)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_all_tasks_present_matches_the_recorded_outputs_to_the_solvers_accuracy(case, kind, dtype):
+    expected = np.load(REFERENCE)[f"{case}/{dtype}/{kind}"]
+    got = recorded_steps(case, kind, dtype, [True] * T)
+    tol = RECORDED_RTOL[dtype]
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
 subsets = st.lists(st.sets(st.integers(0, T - 1), min_size=1), min_size=1, max_size=8)

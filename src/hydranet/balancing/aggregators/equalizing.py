@@ -11,6 +11,7 @@ import numpy as np
 from torch import Tensor
 
 from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
+from hydranet.balancing.aggregators.solvers import row_space
 
 
 class IMTLG(WeightedAggregator):
@@ -19,15 +20,33 @@ class IMTLG(WeightedAggregator):
     The update :math:`d = \sum_i \alpha_i g_i` with :math:`\sum_i\alpha_i = 1` whose projections on all unit
     task gradients :math:`u_i = g_i/\lVert g_i\rVert` are equal: :math:`d\cdot u_1 = \dots = d\cdot u_T`.
     Closed form from the paper, with :math:`D` and :math:`U` stacking the rows :math:`g_1 - g_i` and
-    :math:`u_1 - u_i`, :math:`i = 2..T`:
+    :math:`u_1 - u_i`, :math:`i = 2..T`: :math:`\alpha_{2:T} = g_1 U^\top (D U^\top)^{-1}`,
+    :math:`\alpha_1 = 1 - \sum_{i\ge 2}\alpha_i`. With linearly independent gradients this is
 
-    .. math::  \alpha_{2:T} = g_1 U^\top (D U^\top)^{-1},\qquad \alpha_1 = 1 - \sum_{i\ge 2}\alpha_i
+    .. math::  \alpha = \frac{D^{-1} C^{-1}\mathbf 1}{\mathbf 1^\top D^{-1} C^{-1}\mathbf 1},\qquad
+               D = \mathrm{diag}(\lVert g_i\rVert),\quad C = D^{-1} K D^{-1} \text{ (the cosines)}
 
-    with every inner product read from the Gram matrix (a least-squares solve when :math:`DU^\top` is
-    singular, e.g. for linearly dependent gradients). Scale: an **affine combination** (weights sum to 1;
-    a weight can be negative), :math:`d(cG) = c\,d(G)`; identical gradients give that gradient. Stateless.
-    Cost: :math:`O(T^2P + T^3)`.
+    (:math:`d = G^\top D^{-1}C^{-1}\mathbf 1 = U^\top C^{-1}\mathbf 1` has :math:`u_i\cdot d = 1` for all :math:`i`,
+    and the division makes the weights sum to 1), which is how it is computed: the cosine matrix is
+    far better conditioned than :math:`K` when the gradients' norms differ.
+
+    Linearly dependent gradients (:math:`K` singular): the paper's system is then singular. When a
+    null vector :math:`v` of :math:`G^\top` has :math:`\mathbf 1^\top v \ne 0`, :math:`\alpha = v / \mathbf 1^\top v`
+    satisfies every equation with :math:`d = 0`, and a least-squares solve of the paper's system
+    returns such a near-zero, row-order-dependent answer. The generalisation used here replaces
+    :math:`C^{-1}` by the pseudo-inverse :math:`C^{+}` (eigenvalues below :math:`T\varepsilon\lambda_{\max}`
+    dropped, :math:`\varepsilon` the precision of :math:`G`'s dtype): the direction :math:`U^\top C^{+}\mathbf 1`
+    is the minimum-norm least-squares solution of :math:`u_i\cdot d = 1` (exactly equal projections
+    whenever they are attainable, e.g. duplicated gradients; ConFIG's direction), :math:`\alpha` its
+    weights :math:`D^{-1}C^{+}\mathbf 1` normalised to sum 1. It is permutation-equivariant and equals the
+    paper's on independent rows. If :math:`\mathbf 1^\top D^{-1}C^{+}\mathbf 1` vanishes (e.g. two opposite
+    gradients, where :math:`\mathbf 1` is a null vector of :math:`C`), no such affine combination exists
+    and :math:`d = 0`. Zero rows get weight 0. Scale: an **affine combination** (weights sum to 1; a
+    weight can be negative), :math:`d(cG) = c\,d(G)`; identical gradients give that gradient.
+    Stateless. Cost: :math:`O(T^2P + T^3)`.
     """
+
+    gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         out = np.zeros(gramian.shape[0])
@@ -35,11 +54,17 @@ class IMTLG(WeightedAggregator):
         if live.size == 0:
             return out
         sub = gramian[np.ix_(live, live)]
-        along = sub / np.sqrt(np.diag(sub))[None, :]  # along[a, b] = g_a . u_b
-        head = along[0, 0] - along[0, 1:]  # g_1 . (u_1 - u_r)
-        system = along[0, 0] - along[0, 1:][None, :] - along[1:, 0][:, None] + along[1:, 1:]  # (g_1 - g_r).(u_1 - u_s)
-        rest = np.linalg.lstsq(system.T, head, rcond=None)[0] if live.size > 1 else np.zeros(0)
-        out[live] = np.concatenate([[1.0 - rest.sum()], rest])
+        norms = np.sqrt(np.diag(sub))
+        cosines = sub / norms[:, None] / norms[None, :]
+        vectors, roots = row_space(cosines, precision(matrix.dtype))
+        along = vectors.sum(axis=0)  # V^T 1: 1 orthogonal to the kept eigenvectors means C^+ 1 = 0
+        if float(np.linalg.norm(along)) <= np.sqrt(live.size) * max(live.size, 16) * precision(matrix.dtype):
+            return out
+        direction = (vectors @ (along / roots**2)) / (norms / norms.max())  # D^{-1} C^+ 1, up to a factor
+        total = float(direction.sum())
+        if abs(total) <= 1e-9 * float(np.abs(direction).sum()):
+            return out
+        out[live] = direction / total
         return out
 
 
@@ -77,6 +102,8 @@ class AlignedMTL(WeightedAggregator):
             raise ValueError(f"AlignedMTL scale_mode must be one of {', '.join(self.SCALE_MODES)}, got {scale_mode!r}.")
         self.scale_mode = scale_mode
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         values, vectors = np.linalg.eigh(gramian)
@@ -104,18 +131,24 @@ class ConFIG(WeightedAggregator):
                d = \Big(\sum_i g_i\cdot\hat x\Big)\,\hat x.
 
     Computed from the Gram matrix as :math:`x = \hat G^\top (\hat G\hat G^\top)^{+}\mathbf 1` (pseudo-inverse
-    cut at :math:`T\varepsilon` relative). With linearly independent gradients :math:`\cos(d, g_i)` is the
+    cut at :math:`\max(T, 16)\,\varepsilon` relative). With linearly independent gradients :math:`\cos(d, g_i)` is the
     same for every task and positive, so :math:`Gd > 0`. Scale: the **sum of the projections** (for
     identical gradients :math:`g`, :math:`d = Tg`); :math:`d(cG) = c\,d(G)`. Stateless. Cost:
     :math:`O(T^2P + T^3)`.
     """
+
+    gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
         inverse = np.divide(1.0, norms, out=np.zeros(size), where=norms > 0)
         cosines = gramian * inverse[:, None] * inverse[None, :]
-        solution = np.linalg.pinv(cosines, rcond=size * precision(matrix.dtype), hermitian=True) @ np.ones(size)
+        vectors, roots = row_space(cosines, precision(matrix.dtype))
+        along = vectors.sum(axis=0)  # V^T 1: 1 orthogonal to the row space (e.g. opposite gradients) means x = 0
+        if float(np.linalg.norm(along)) <= np.sqrt(size) * max(size, 16) * precision(matrix.dtype):
+            return np.zeros(size)
+        solution = vectors @ (along / roots**2)  # (G^ G^^T)^+ 1
         coef = solution * inverse  # x = sum_i coef_i g_i
         squared = float(coef @ gramian @ coef)
         if squared <= 0.0:

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
 from hydranet.balancing.aggregators.solvers import dual_cone_weights, min_norm_simplex
 
 
@@ -31,8 +31,10 @@ class MGDA(WeightedAggregator):
     :math:`O(T^2P + T^3)`.
     """
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
-        return min_norm_simplex(gramian)
+        return min_norm_simplex(gramian, precision(matrix.dtype))
 
 
 class UPGrad(WeightedAggregator):
@@ -51,9 +53,11 @@ class UPGrad(WeightedAggregator):
     Stateless. Cost: :math:`O(T^2P)` plus :math:`T` NNLS problems of size :math:`T`.
     """
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        return dual_cone_weights(gramian, np.eye(size)).mean(axis=0)
+        return dual_cone_weights(gramian, np.eye(size), precision(matrix.dtype)).mean(axis=0)
 
 
 class DualProj(WeightedAggregator):
@@ -66,9 +70,11 @@ class DualProj(WeightedAggregator):
     NNLS problem of size :math:`T`.
     """
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        return dual_cone_weights(gramian, np.full((1, size), 1.0 / size))[0]
+        return dual_cone_weights(gramian, np.full((1, size), 1.0 / size), precision(matrix.dtype))[0]
 
 
 class CAGrad(WeightedAggregator):
@@ -83,8 +89,17 @@ class CAGrad(WeightedAggregator):
                d = \frac{1}{s}\Big(g_0 + \frac{\sqrt\phi}{\lVert g_w\rVert}\, g_w\Big)
 
     The simplex problem (convex, :math:`T` variables) is solved with SLSQP on the Gram matrix to
-    :math:`10^{-14}` in the objective. ``c = 0`` gives the mean. If :math:`g_w = 0` at the optimum
-    (0 is in the convex hull), the ball term vanishes and :math:`d = g_0/s`.
+    :math:`10^{-14}` in the objective. ``c = 0`` gives the mean.
+
+    Degenerate case: if :math:`g_w = 0` at the optimum (0 is in the convex hull of the gradients) the
+    formula is undefined; the max-min value is then 0 and every :math:`d` of the ball with
+    :math:`Gd \ge 0` attains it. Of these the one closest to :math:`g_0` is returned: the projection of
+    :math:`g_0` onto the dual cone :math:`\{x: Gx\ge 0\}` (DualProj's direction before its :math:`1/T`),
+    which lies in the ball whenever the value is 0. The same point replaces the formula's when
+    :math:`c \ge 1` and the formula's :math:`d` conflicts with a task through the solver's rounding (0
+    near the hull: :math:`g_w/\lVert g_w\rVert` is then ill-determined): for :math:`c \ge 1` the ball holds
+    :math:`d = 0`, so the exact :math:`d` never conflicts (:math:`\min_i g_i\cdot d \ge 0`), and neither does
+    the returned one.
 
     Scale: the paper's :math:`d` has the scale of the **mean** gradient; the authors' code (and LibMTL)
     divide it by :math:`s = 1 + c^2` (``rescale=1``, the default here), :math:`s = 1 + c` (``rescale=2``) or
@@ -111,6 +126,8 @@ class CAGrad(WeightedAggregator):
         self.c = float(c)
         self.rescale = int(rescale)
 
+    gramian_only = True  # the weights read G only through K = G G^T
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
@@ -124,9 +141,29 @@ class CAGrad(WeightedAggregator):
         if radius > 0.0:
             w = _cagrad_simplex(unit, along_mean, radius)
             norm = np.sqrt(max(float(w @ unit @ w), 0.0))
-            if norm > 1e-12:
-                weights = weights + (radius / norm) * w
+            formula = weights + (radius / norm) * w if norm > _DEGENERATE else None
+            if formula is None or (self.c >= 1.0 and float(np.min(unit @ formula)) < 0.0):
+                weights = self._closest_maximiser(unit, radius, formula, precision(matrix.dtype))
+            else:
+                weights = formula
         return weights / divisor
+
+    @staticmethod
+    def _closest_maximiser(unit: np.ndarray, radius: float, formula: np.ndarray | None, eps: float) -> np.ndarray:
+        r"""The projection of :math:`g_0` onto the dual cone when it is in the ball and not worse than
+        the formula's point (by the primal objective :math:`\min_i g_i\cdot d`), else the formula's."""
+        size = unit.shape[0]
+        mean = np.full(size, 1.0 / size)
+        cone = dual_cone_weights(unit, mean[None, :], eps)[0]
+        gap = cone - mean
+        inside = float(gap @ unit @ gap) <= radius**2 * (1.0 + 1e-9)
+        if formula is None:
+            return cone if inside else mean
+        return cone if inside and float(np.min(unit @ cone)) >= float(np.min(unit @ formula)) else formula
+
+
+# |g_w| below this (K scaled to a unit largest diagonal): 0 is in the hull up to rounding.
+_DEGENERATE = 1e-9
 
 
 def _cagrad_simplex(gramian: np.ndarray, linear: np.ndarray, radius: float) -> np.ndarray:

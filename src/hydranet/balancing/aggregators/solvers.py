@@ -4,18 +4,50 @@ All of them take the Gram matrix :math:`K = GG^\top` and return weights :math:`w
 the update is :math:`d = G^\top w`. They rescale :math:`K` by its largest diagonal entry first (the
 solutions are invariant or transform in closed form) so that the tolerances are relative.
 
+* :func:`row_space`: the rows of :math:`G` in coordinates of its row space, from :math:`K` alone: the
+  reduced factor on which the problems below stay exact when :math:`K` is singular;
 * :func:`min_norm_simplex`: :math:`\min_{w \in \Delta} w^\top K w` (the min-norm point of the convex
-  hull of the rows, MGDA), through one non-negative least-squares problem (Lawson-Hanson active set);
-* :func:`dual_cone_weights`: :math:`\min_{v \ge u} v^\top K v`, the weights of the projection of
-  :math:`G^\top u` onto the dual cone :math:`\{x : Gx \ge 0\}` (UPGrad, DualProj), also by NNLS;
+  hull of the rows, MGDA), through one non-negative least-squares problem (bounded-variable least squares);
+* :func:`dual_cone_weights`: the weights of the projection of :math:`G^\top u` onto the dual cone
+  :math:`\{x : Gx \ge 0\}` (UPGrad, DualProj), a strictly convex problem in the row space, by NNLS;
 * :func:`power_fixed_point`: the positive solution of :math:`Kw = w^{-1/a}` (Nash-MTL for
   :math:`a = 1`, FairGrad), by damped Newton on a strictly convex potential.
+
+Rank decisions follow the precision :math:`\varepsilon` of the gradients' dtype: an eigenvalue of
+:math:`K` below :math:`T\varepsilon\lambda_{\max}` is a rounding artefact of a singular matrix (the
+gradients carry no more digits). Dropping it changes the update by at most
+:math:`\sqrt{T\varepsilon}\,\lVert G\rVert` per unit weight and keeps the weights bounded by
+:math:`\lVert d\rVert / \sqrt{T\varepsilon\lambda_{\max}}`; keeping it would make them blow up
+(:math:`10^{13}` and more) with a direction that no longer solves the problem.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import lsq_linear, nnls
+
+__all__ = ["dual_cone_weights", "min_norm_simplex", "power_fixed_point", "psd_factor", "row_space"]
+
+#: The precision of float64, the default for rank decisions on Gram matrices of float64 gradients.
+FLOAT64_EPS = float(np.finfo(np.float64).eps)
+
+
+def row_space(gramian: np.ndarray, eps: float = FLOAT64_EPS) -> tuple[np.ndarray, np.ndarray]:
+    r"""``(vectors [T, r], roots [r])`` with :math:`K \approx V\,\mathrm{diag}(\sigma^2)\,V^\top`, keeping the
+    :math:`r` eigenvalues above :math:`\max(T, 16)\,\varepsilon\lambda_{\max}`.
+
+    With :math:`G = U\Sigma W^\top`, :math:`V = U_r` and :math:`\sigma = \Sigma_r`: row :math:`i` of
+    :math:`M = V\,\mathrm{diag}(\sigma)` holds the coordinates of :math:`g_i` in the orthonormal basis
+    :math:`W_r = G^\top V \mathrm{diag}(\sigma)^{-1}` of the row space, so :math:`Gy = Mz` for
+    :math:`y = W_r z`, and the weights :math:`w = V\mathrm{diag}(\sigma)^{-1} z` are the minimum-norm
+    ones with :math:`G^\top w = y`. The subspace is that of the rows whatever their order.
+    """
+    values, vectors = np.linalg.eigh(gramian)
+    largest = float(values[-1]) if values.size else 0.0
+    if largest <= 0.0:
+        return np.zeros((gramian.shape[0], 0)), np.zeros(0)
+    keep = values > largest * max(gramian.shape[0], 16) * eps  # 16: the Gram product's own rounding for few rows
+    return vectors[:, keep], np.sqrt(values[keep])
 
 
 def psd_factor(gramian: np.ndarray) -> np.ndarray:
@@ -26,44 +58,108 @@ def psd_factor(gramian: np.ndarray) -> np.ndarray:
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # The default iteration cap (3n) can be too tight for degenerate Gram matrices; the active set
-    # changes at most a few times per variable in practice.
-    return nnls(a, b, maxiter=50 * a.shape[1] + 100)[0]
+    r""":math:`\arg\min_{x\ge 0}\lVert ax - b\rVert` by bounded-variable least squares (Stark & Parker 1995,
+    an active-set method that ends on the exact KKT point of its final active set).
+
+    On the wide, rank-deficient factors of singular Gram matrices either active-set method can stop
+    short of the optimum (Lawson-Hanson, ``scipy.optimize.nnls``, more often than BVLS): with negative
+    gradient entries left, i.e. a projection that conflicts with a task. The KKT conditions are checked
+    and the other method is tried when they fail; the point closest to KKT is returned.
+    """
+    cap = 50 * a.shape[1] + 100  # the active set changes a few times per variable in practice
+    if a.shape[0] <= a.shape[1]:  # zero rows change nothing, but scipy's BVLS is reliable only on tall systems
+        extra = a.shape[1] + 1 - a.shape[0]
+        a, b = np.vstack([a, np.zeros((extra, a.shape[1]))]), np.concatenate([b, np.zeros(extra)])
+    best, worst = np.zeros(a.shape[1]), np.inf
+    for solve in (
+        lambda: lsq_linear(a, b, bounds=(0.0, np.inf), method="bvls", tol=1e-15, max_iter=cap).x,
+        lambda: nnls(a, b, maxiter=cap)[0],
+        lambda: _unit_columns(lambda c: lsq_linear(c, b, bounds=(0.0, np.inf), method="bvls", tol=1e-15, max_iter=cap).x, a),
+        lambda: _unit_columns(lambda c: nnls(c, b, maxiter=cap)[0], a),
+    ):
+        x = np.clip(solve(), 0.0, None)
+        violation = _kkt_violation(a, b, x)
+        if violation < worst:
+            best, worst = x, violation
+        if violation <= 1e-12:  # KKT holds to rounding: the solution
+            break
+    return best
 
 
-def min_norm_simplex(gramian: np.ndarray) -> np.ndarray:
+def _unit_columns(solve, a: np.ndarray) -> np.ndarray:
+    """``solve`` on the columns of ``a`` scaled to unit norm (the same problem in ``x_j |a_j|``; other pivots)."""
+    norms = np.linalg.norm(a, axis=0)
+    norms = np.where(norms > 0, norms, 1.0)
+    return solve(a / norms) / norms
+
+
+def _kkt_violation(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
+    """How far ``x >= 0`` is from the KKT point of the NNLS problem: the gradient
+    :math:`a^\top(ax - b)` must be >= 0, and :math:`x_j g_j = 0` (relative to :math:`\lVert a\rVert\lVert b\rVert`)."""
+    grad = a.T @ (a @ x - b)
+    scale = max(float(np.abs(a).max()) * (float(np.abs(b).max()) + float(np.abs(a @ x).max())), 1e-300)
+    slack = float(np.max(np.abs(x * grad))) / max(float(x.max()), 1e-300)  # complementarity, per unit of x
+    return max(float(np.max(-grad, initial=0.0)), slack) / scale
+
+
+def min_norm_simplex(gramian: np.ndarray, eps: float = FLOAT64_EPS) -> np.ndarray:
     r"""Weights :math:`w \in \Delta` (the simplex) minimising :math:`w^\top K w`.
 
-    With :math:`A^\top A = K`, the non-negative least-squares problem
+    With the reduced factor :math:`A = M^\top` of :func:`row_space` (:math:`A^\top A = K` up to the
+    dropped rounding), the non-negative least-squares problem
     :math:`\min_{u \ge 0} \lVert Au\rVert^2 + (1 - \mathbf 1^\top u)^2` is solved by
     :math:`u = t\,w^\star` with :math:`w^\star` the min-norm weights and
     :math:`t = 1/(1 + \lVert Aw^\star\rVert^2)` (for fixed direction the objective is
     :math:`q/(1+q)`, increasing in :math:`q = \lVert Aw\rVert^2`); hence :math:`w^\star = u / \mathbf 1^\top u`.
+    When :math:`K` is singular the minimiser :math:`G^\top w^\star` is unique, the weights are not: they
+    are a vertex solution of the active set (on the simplex, so bounded).
     """
     size = gramian.shape[0]
     scale = float(np.max(np.diag(gramian)))
     if scale <= 0.0:
         return np.full(size, 1.0 / size)
-    system = np.vstack([psd_factor(gramian / scale), np.ones((1, size))])
-    target = np.zeros(size + 1)
+    vectors, roots = row_space(gramian / scale, eps)
+    system = np.vstack([roots[:, None] * vectors.T, np.ones((1, size))])
+    target = np.zeros(system.shape[0])
     target[-1] = 1.0
     u = _nnls(system, target)
     return u / u.sum()
 
 
-def dual_cone_weights(gramian: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    r"""For each row :math:`u` of ``targets`` ``[m, T]``: :math:`v = \arg\min_{v \ge u} v^\top K v`.
+def dual_cone_weights(gramian: np.ndarray, targets: np.ndarray, eps: float = FLOAT64_EPS) -> np.ndarray:
+    r"""For each row :math:`u` of ``targets`` ``[m, T]``: minimum-norm weights :math:`w` with
+    :math:`G^\top w = \pi(G^\top u)`, the Euclidean projection onto the dual cone :math:`\{x : Gx \ge 0\}`.
 
-    :math:`G^\top v` is the Euclidean projection of :math:`G^\top u` onto the dual cone
-    :math:`\{x : Gx \ge 0\}` (Quinton & Rey 2024, Prop. 1). With :math:`v = u + s`, :math:`s \ge 0`, it is
-    the NNLS problem :math:`\min_{s\ge 0} \lVert As + Au\rVert^2`. KKT: :math:`Kv \ge 0` (the projection
-    conflicts with no row), :math:`s \ge 0`, :math:`s_j (Kv)_j = 0`.
+    The projection :math:`\pi(x) = \arg\min_{Gy\ge 0}\lVert y - x\rVert` of :math:`x = G^\top u` lies in the
+    row space (Quinton & Rey 2024, Prop. 1: :math:`\pi(x) = G^\top v`,
+    :math:`v = \arg\min_{v \ge u} v^\top K v`). In the row-space coordinates of :func:`row_space`
+    (:math:`x = W_r z_x`, :math:`z_x = M^\top u`, :math:`Gy = Mz`) it is the strictly convex problem
+    :math:`\min_{Mz\ge 0}\lVert z - z_x\rVert^2`, whose solution is unique whatever the rank of :math:`K`;
+    its dual is the non-negative least-squares problem :math:`z = z_x + M^\top s`, :math:`s = \arg\min_{s\ge 0}\lVert z_x + M^\top s\rVert`.
+    KKT: :math:`Mz \ge 0` (no conflict), :math:`s \ge 0`, :math:`s_j (Mz)_j = 0`.
+
+    Zero rows of :math:`G` (``K[i, i] == 0``) constrain nothing and carry no direction: they are dropped
+    before the solve and get weight 0. With :math:`K` non-singular the weights are the :math:`v` above;
+    with :math:`K` singular only the direction :math:`G^\top w` is unique (any null vector of :math:`K` can be
+    added to :math:`v`), and the weights returned are the minimum-norm ones,
+    :math:`w = V\mathrm{diag}(\sigma)^{-1}z`: bounded, and permuted with the rows. A projection of norm
+    below :math:`T\varepsilon` (relative to the rows) is rounding noise of an exact 0 and is returned as 0.
     """
-    scale = float(np.max(np.diag(gramian)))
-    if scale <= 0.0:
-        return targets.astype(np.float64, copy=True)
-    factor = psd_factor(gramian / scale)
-    return np.stack([u + _nnls(factor, -factor @ u) for u in targets])
+    targets = np.asarray(targets, dtype=np.float64)
+    out = np.zeros_like(targets)
+    live = np.flatnonzero(np.diag(gramian) > 0.0)
+    if live.size == 0:
+        return out
+    sub = gramian[np.ix_(live, live)]
+    vectors, roots = row_space(sub / float(np.max(np.diag(sub))), eps)
+    coords = roots[:, None] * vectors.T  # M^T: column j is row j of G in row-space coordinates
+    for k, u in enumerate(targets[:, live]):
+        start = coords @ u
+        z = start + coords @ _nnls(coords, -start)
+        if np.linalg.norm(z) <= live.size * eps * max(float(np.linalg.norm(start)), 1.0):
+            continue  # a projection at the rounding level of the problem (|g_i| <= 1 here) is 0, as in exact arithmetic
+        out[k, live] = vectors @ (z / roots)
+    return out
 
 
 def power_fixed_point(gramian: np.ndarray, a: float, start: np.ndarray | None = None) -> np.ndarray:

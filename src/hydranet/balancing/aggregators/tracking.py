@@ -18,12 +18,17 @@ from hydranet.balancing.aggregators.base import Aggregator, TaskRows, WeightedAg
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
-    """Euclidean projection of ``v`` onto the probability simplex (sort-based, Held et al. 1974)."""
-    ordered = np.sort(v)[::-1]
+    """Euclidean projection of ``v`` onto the probability simplex (sort-based, Held et al. 1974).
+
+    The projection commutes with adding a constant to every entry, so ``v`` is shifted to
+    ``max(v) = 0`` first: the largest entry then always passes the threshold test (with entries of
+    :math:`10^{20}` the unshifted cumulative sums absorb the 1 and no entry would pass).
+    """
+    ordered = np.sort(v)[::-1] - np.max(v)
     excess = np.cumsum(ordered) - 1.0
     ranks = np.arange(1, v.size + 1)
-    last = np.flatnonzero(ordered - excess / ranks > 0)[-1]
-    return np.maximum(v - excess[last] / (last + 1), 0.0)
+    last = np.flatnonzero(ordered - excess / ranks > 0)[-1]  # index 0 always passes: 0 + 1 > 0
+    return np.maximum(v - np.max(v) - excess[last] / (last + 1), 0.0)
 
 
 class _ColumnState:
