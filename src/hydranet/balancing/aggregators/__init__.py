@@ -24,6 +24,14 @@ name             class                                    scale of the update
 ``fairgrad``     :class:`FairGrad`                        unnormalised (g_i . d = w_i^(-1/alpha))
 ``moco``         :class:`MoCo`                            convex combination of tracked gradients
 ``excess_mtl``   :class:`ExcessMTL`                       weights sum to T
+``constant``     :class:`Constant`                        the given weights (default 1/T)
+``random``       :class:`Random`                          convex combination (random softmax weights)
+``krum``         :class:`Krum`                            mean of the selected rows
+``trimmed_mean`` :class:`TrimmedMean`                     coordinate-wise trimmed mean
+``modo``         :class:`MoDo`                            convex combination (tracked weights)
+``sdmgrad``      :class:`SDMGrad`                         convex combination (tracked weights)
+``pcd``          :class:`PCD`                             norm of the primary task's gradient
+``cr_mogm``      :class:`CRMOGM`                          the wrapped method's (smoothed weights)
 ===============  ======================================  =================================================
 
 Every constructor works without arguments and takes ``normalize=False`` (unit-norm rows first).
@@ -39,6 +47,11 @@ import difflib
 import inspect
 from typing import Any
 
+from hydranet.balancing.aggregators._constant import Constant, Random
+from hydranet.balancing.aggregators._priority import PCD
+from hydranet.balancing.aggregators._robust import Krum, TrimmedMean
+from hydranet.balancing.aggregators._smoothing import CRMOGM
+from hydranet.balancing.aggregators._stochastic import MoDo, SDMGrad
 from hydranet.balancing.aggregators.bargaining import FairGrad, NashMTL
 from hydranet.balancing.aggregators.base import (
     Aggregator,
@@ -73,6 +86,14 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fairgrad": FairGrad,
     "moco": MoCo,
     "excess_mtl": ExcessMTL,
+    "constant": Constant,
+    "random": Random,
+    "krum": Krum,
+    "trimmed_mean": TrimmedMean,
+    "modo": MoDo,
+    "sdmgrad": SDMGrad,
+    "pcd": PCD,
+    "cr_mogm": CRMOGM,
 }
 
 
@@ -104,6 +125,14 @@ def get_aggregator(name: str, **settings: Any) -> Aggregator:
 
 __all__ = [
     "AGGREGATORS",
+    "CRMOGM",
+    "PCD",
+    "SDMGrad",
+    "Constant",
+    "Krum",
+    "MoDo",
+    "Random",
+    "TrimmedMean",
     "IMTLG",
     "MGDA",
     "Aggregator",
