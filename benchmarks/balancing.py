@@ -185,10 +185,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="T = 2 and 10, one round")
+    parser.add_argument("--docs", action="store_true", help="only rewrite the table in docs/balancing.md from the JSON")
     parser.add_argument("--worker", nargs=3, metavar=("CONFIG", "TASKS", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))))
+        return
+    if args.docs:
+        write_docs(json.loads(RESULTS.read_text()))
         return
     counts = TASK_COUNTS[:2] if args.quick else TASK_COUNTS
     rounds = 1 if args.quick else args.rounds
@@ -243,6 +247,22 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
+    if not args.quick:
+        write_docs(report)
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "balancing.md"
+START, END = "<!-- benchmarks/balancing.py: start -->", "<!-- benchmarks/balancing.py: end -->"
+
+
+def write_docs(report: dict) -> None:
+    """Replace the table between the markers of docs/balancing.md with the one of ``report``."""
+    text = DOCS.read_text()
+    if START not in text or END not in text:
+        return
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    DOCS.write_text(f"{head}{START}\n{markdown(report)}\n{END}{tail}")
 
 
 def markdown(report: dict) -> str:

@@ -9,9 +9,12 @@ all-reduce (the statistics the weights depend on are averaged over ranks first).
 
 **Gradient methods** (the aggregators of :mod:`~hydranet.balancing.aggregators`, and ``db_mtl``):
 
-1. the task Jacobian :math:`G \in \mathbb{R}^{k\times P}` of the shared parameters
-   (``jacobian="loop"`` or ``"vmap"``), or of the shared features (``"representation"``, MGDA-UB
-   style: :math:`P = B \cdot D`, far smaller than the backbone);
+1. the task Jacobian :math:`G \in \mathbb{R}^{k\times P}` of the shared parameters: features-first
+   (``jacobian="features"``, the default when ``features=`` is given: :math:`J_f` through the heads,
+   then one batched backward through the trunk), from the losses (``"loop"`` or ``"vmap"``), or only
+   its Gramian :math:`K = GG^\top` (``"gramian"``, for methods whose weights read :math:`G` only
+   through :math:`K`; the update is then one backward of :math:`\sum_t w_t L_t` through the trunk); or
+   the Jacobian of the shared features (``"representation"``, MGDA-UB style: :math:`P = B \cdot D`);
 2. optional row normalisation :math:`G_i / \lVert G_i\rVert` (``normalize=True``);
 3. under DDP, the average of :math:`G` over ranks (see below);
 4. the aggregator maps :math:`G` to one direction :math:`d`, told which of the balancer's tasks the
@@ -173,10 +176,17 @@ class Balancer:
             :class:`~hydranet.balancing.aggregators.Aggregator` is also passed ``present=``, the mask of
             the balancer's tasks that the rows are.
         tasks: task names or :class:`~hydranet.Task` objects, in a fixed order.
-        jacobian: ``"auto"`` (``"vmap"`` with a fallback to ``"loop"``), ``"loop"``, ``"vmap"`` or
-            ``"representation"`` (gradient methods only).
+        jacobian: ``"auto"`` (``"features"`` when ``features=`` is given and is the losses' only route to
+            the shared parameters, ``"gramian"`` instead for Gramian-only methods when :math:`G` would
+            exceed ``gramian_above`` bytes; otherwise ``"vmap"`` with a fallback to ``"loop"``),
+            ``"features"``, ``"gramian"``, ``"loop"``, ``"vmap"`` or ``"representation"`` (gradient
+            methods only). ``info["jacobian"]`` reports the path of each step.
         normalize: divide each task's gradient by its norm before aggregating (gradient methods only).
         name: the method's name, for messages and checkpoints.
+        chunk_size: rows of the feature Jacobian per batched backward through the trunk (``None``: all;
+            the Gramian path defaults to an eighth of them), like TorchJD's ``parallel_chunk_size``.
+        gramian_above: bytes of :math:`G` above which ``"auto"`` takes the Gramian path.
+        gramian_block: Jacobian entries (tasks x parameters) the Gramian path holds at a time.
     """
 
     def __init__(
