@@ -255,11 +255,12 @@ def test_cagrad_with_c_at_least_one_never_conflicts_when_zero_is_in_the_hull(c, 
 
 
 def test_cagrad_in_the_degenerate_case_returns_the_projection_of_the_mean():
-    # 0 = (g1 + g2 + g3) / 3 is in the hull: g_w = 0 at the optimum, every Gd >= 0 point of the ball is
-    # optimal; the closest to g0 is DualProj's point (before its 1/T).
-    G = torch.tensor([[1.0, 1.0, 0.5], [-1.0, 0.0, 0.5], [0.0, -1.0, -1.0]], dtype=torch.float64)
-    expected = projection_by_nnls(G.numpy(), G.mean(dim=0).numpy())
-    np.testing.assert_allclose(CAGrad(c=1.0, rescale=0)(G).numpy(), expected, atol=1e-9)
+    # 0 = g1 / 3 + 2 g2 / 3 is in the hull: g_w = 0 at the optimum, and every point of the ball with Gd >= 0
+    # is optimal. The closest to g0 = (1/3, 1/3) is its projection onto the dual cone {x = 0, y >= 0}:
+    # (0, 1/3) (by hand), where g0 itself conflicts with g2 (g2 . g0 = -1/3).
+    G = torch.tensor([[2.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    for c in (1.0, 2.0):
+        np.testing.assert_allclose(CAGrad(c=c, rescale=0)(G).numpy(), [0.0, 1.0 / 3.0], atol=1e-9)
 
 
 def test_imtl_g_on_linearly_dependent_gradients():
