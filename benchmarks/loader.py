@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from hydranet.data.collate import collate
+from hydranet.data import collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 

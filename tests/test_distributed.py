@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import hydranet as hn
 from hydranet.train import Callback
 from hydranet.cli import main as cli_main
-from hydranet.data.collate import collate
+from hydranet.data import collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.models import MLP, HydraNet

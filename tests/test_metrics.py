@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from sklearn import metrics as skm
 
 import hydranet as hn
-from hydranet.data.collate import Batch
+from hydranet.data import Batch
 from hydranet.metrics import (
     DEFAULT_METRICS,
     METRICS,

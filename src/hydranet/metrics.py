@@ -1,7 +1,7 @@
 r"""Per-task metrics (on torchmetrics) and the multi-task score :math:`\Delta_m`.
 
 **Metrics.** :class:`MultiTaskMetrics` keeps one :class:`TaskMetrics` per task. ``update(outputs,
-targets, masks)`` takes the model's raw outputs (logits: the sigmoid or softmax is applied here) and a
+targets, masks)`` takes the model's raw outputs (logits: :func:`hydranet.tasks.probabilities` maps them) and a
 collated batch's targets and masks, and accumulates over the labelled samples only; ``compute()``
 returns ``{task: {metric: float}}``. Metric names come from one registry, :data:`METRICS`, with the same
 meaning for every task kind:
@@ -24,11 +24,9 @@ r2          -                                                    R², averaged o
 (binary and multilabel predictions are thresholded at probability 0.5.) ``auroc`` and ``ap`` are exact:
 they keep every prediction of the epoch.
 
-**Distributed.** Every state is a torchmetrics state, so ``compute()`` synchronises across processes
-when ``torch.distributed`` is initialised: ``Metric.compute`` enters ``sync_context``, whose
-``sync()`` checks ``torch.distributed.is_available() and is_initialized()`` and then all-gathers each
-state (``gather_all_tensors``) and reduces it (sums for counts, concatenation for the kept predictions).
-``compute()`` and ``confusion_matrices()`` are therefore collective calls: every rank must call them.
+**Distributed.** Every state is a torchmetrics state, so ``compute()`` all-gathers and reduces each
+state when ``torch.distributed`` is initialised (sums for counts, concatenation for the kept
+predictions): ``compute()`` and ``confusion_matrices()`` are collective calls, every rank calls them.
 A rank that saw no labelled sample of a task still takes part: its states are given their shape with
 an empty batch first, because torchmetrics would otherwise gather mismatched shapes.
 
@@ -43,10 +41,12 @@ See :func:`delta_m` for how several metrics per task are averaged.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,8 +104,6 @@ _OPTIONS: dict[str, Any] = {"compute_with_cache": False}
 def _metric_class(module: str, name: str) -> type[Metric]:
     """A torchmetrics class by name, imported on first use: torchmetrics imports matplotlib and more
     at import time, which ``import hydranet`` should not pay for."""
-    import importlib
-
     return getattr(importlib.import_module(f"torchmetrics.{module}"), name)
 
 
@@ -217,30 +215,26 @@ def main_metric(task: Task, metrics: Sequence[str] | None = None) -> tuple[str, 
     return names[0], higher_is_better(names[0])
 
 
-def _count() -> Metric:
-    """A metric counting the labelled samples seen (summed across ranks on compute)."""
-    global _COUNT
-    if _COUNT is None:
-        from torchmetrics import Metric
+@lru_cache(maxsize=1)
+def _count_class() -> type[Metric]:
+    """A metric counting the labelled samples seen (summed across ranks on compute); a class built on
+    first use, since torchmetrics is imported lazily."""
+    from torchmetrics import Metric
 
-        class _Count(Metric):
-            full_state_update = False
+    class _Count(Metric):
+        full_state_update = False
 
-            def __init__(self) -> None:
-                super().__init__(**_OPTIONS)
-                self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        def __init__(self) -> None:
+            super().__init__(**_OPTIONS)
+            self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-            def update(self, n: int) -> None:
-                self.total += n
+        def update(self, n: int) -> None:
+            self.total += n
 
-            def compute(self) -> Tensor:
-                return self.total
+        def compute(self) -> Tensor:
+            return self.total
 
-        _COUNT = _Count
-    return _COUNT()
-
-
-_COUNT: Any = None  # the class, built on first use (torchmetrics is imported lazily)
+    return _Count
 
 
 @contextmanager
@@ -279,7 +273,7 @@ class TaskMetrics(nn.Module):
         self.names = metric_names(task, metrics)
         self.metrics = nn.ModuleDict({name: METRICS[name].build[task.kind](task) for name in self.names})
         self.confusion = _confusion(task) if (confusion and task.is_classification and not task.ragged) else None
-        self.count = _count()
+        self.count = _count_class()()
 
     @property
     def main(self) -> tuple[str, bool]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hydranet.data.collate import Batch, collate, make_collate
+from hydranet.data._collate import Batch, collate, make_collate
 
 
 def test_masks_mark_exactly_the_labelled_samples():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 import hydranet as hn
-from hydranet.data.collate import Batch, collate
+from hydranet.data._collate import Batch, collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.labels import LabelScanWarning
 

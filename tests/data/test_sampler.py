@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from hydranet.data.balance import ClassBalance
-from hydranet.data.collate import collate
+from hydranet.data._collate import collate
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.data.schedule import apportion
 from hydranet.tasks import Task

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hydranet as hn
 from hydranet.train import Callback
-from hydranet.data.collate import Batch, collate
+from hydranet.data import Batch, collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.losses import MultiTaskLoss

@@ -13,9 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from hydranet.balancing import make
-from hydranet.data.collate import collate
+from hydranet.data import collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
+
+__all__ = ["run_bench"]
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -27,7 +29,7 @@ def _best_of(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def bench_sampler(n: int) -> tuple[float, float]:
+def _bench_sampler(n: int) -> tuple[float, float]:
     """Seconds for one class-balanced epoch of ``n`` indices: hydranet, WeightedRandomSampler."""
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(n, generator=g) < 0.05).long()
@@ -42,7 +44,7 @@ def bench_sampler(n: int) -> tuple[float, float]:
     return ours, theirs
 
 
-def bench_loader(n: int) -> tuple[float, float]:
+def _bench_loader(n: int) -> tuple[float, float]:
     """Samples per second: MultiTaskDataset + TaskBatchSampler, and a plain shuffled DataLoader."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
@@ -53,7 +55,7 @@ def bench_loader(n: int) -> tuple[float, float]:
     return n / _best_of(lambda: sum(1 for _ in ours), 3), n / _best_of(lambda: sum(1 for _ in plain), 3)
 
 
-def bench_balancer(name: str, n_tasks: int) -> float:
+def _bench_balancer(name: str, n_tasks: int) -> float:
     """Time of one balanced backward over the plain summed-loss backward, on an MLP."""
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
@@ -75,10 +77,10 @@ def bench_balancer(name: str, n_tasks: int) -> float:
 
 def run_bench(quick: bool = False) -> None:
     n = 200_000 if quick else 2_000_000
-    ours, theirs = bench_sampler(n)
+    ours, theirs = _bench_sampler(n)
     print(f"sampler: class-balanced epoch of {2 * n:,} indices in {ours:.3f} s; "
           f"WeightedRandomSampler {theirs:.3f} s -> {theirs / ours:.1f}x faster")
-    ours, plain = bench_loader(40_000 if quick else 200_000)
+    ours, plain = _bench_loader(40_000 if quick else 200_000)
     print(f"loader: {ours:,.0f} samples/s vs plain DataLoader {plain:,.0f} samples/s -> {ours / plain:.2f}x")
     for name in ("ew", "uw", "pcgrad", "mgda", "upgrad", "nash_mtl"):
-        print(f"balancer {name:>9}, 10 tasks: {bench_balancer(name, 10):.1f}x the plain summed-loss backward")
+        print(f"balancer {name:>9}, 10 tasks: {_bench_balancer(name, 10):.1f}x the plain summed-loss backward")

@@ -17,11 +17,13 @@ from hydranet import runtime as distributed
 from hydranet.cli._codes import EXIT_OK
 from hydranet.cli.config import Config, ConfigError, load_config, parse_override
 from hydranet.cli.sources import build_split, build_tasks
-from hydranet.data.collate import make_collate
+from hydranet.data import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.tasks import Task
 from hydranet.train.checkpoint import load_checkpoint
+
+__all__ = ["bench", "build_model", "demo", "evaluate", "inspect", "make_loader", "make_sampler", "predict", "train"]
 
 
 def _config(args: argparse.Namespace) -> Config:

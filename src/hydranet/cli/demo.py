@@ -22,8 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from hydranet.data import builtin
-from hydranet.data.collate import collate
+from hydranet.data import collate
 from hydranet.data.sampler import TaskBatchSampler
+
+__all__ = ["DEFAULTS", "make_model", "run_demo"]
 
 #: Budget of the demo: sizes and epochs chosen to finish in a few minutes on 2 CPU cores.
 DEFAULTS: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """Multi-task data: datasets, task-scheduled and class-balanced batch samplers, collate."""
 
 from hydranet.data import readers
-from hydranet.data.collate import Batch, collate, make_collate
+from hydranet.data._collate import Batch, collate, make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.labels import LabelScanWarning
 from hydranet.data.sampler import TaskBatchSampler

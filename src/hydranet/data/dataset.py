@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
 
-from hydranet.data.collate import Batch
+from hydranet.data._collate import Batch
 from hydranet.data.labels import (
     CLASS_KINDS,
     as_label_array,

@@ -83,6 +83,40 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "—" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def _scores_of(
+    hist: History, scores: Mapping[str, Mapping[str, float]] | None, best_epoch: int | None, split: str
+) -> tuple[Mapping[str, Mapping[str, float]], int | None]:
+    """The scores given, or the ``split`` metrics of ``best_epoch`` (else of the last epoch that has
+    them), with the epoch they come from (None for given scores)."""
+    if scores is not None:
+        return scores, None
+    candidates = [hist.at(best_epoch)] if best_epoch is not None else reversed(hist.epochs)
+    record = next((log for log in candidates if log.metrics.get(split)), None)
+    if record is None:
+        raise ValueError(
+            f"No scores: the history has no '{split}' metrics"
+            + (f" at epoch {best_epoch}" if best_epoch is not None else "")
+            + "; pass scores={task: {metric: value}} or the split that has them."
+        )
+    return record.metrics[split], record.epoch
+
+
+def _baselines_of(
+    baselines: Mapping[Any, Any], mains: Mapping[str, str], final: Mapping[str, Any]
+) -> dict[str, dict[str, float]]:
+    """``{task: {metric: score}}`` of the baselines (a bare number is the task's main metric)."""
+    base: dict[str, dict[str, float]] = {}
+    for key, value in baselines.items():
+        if isinstance(value, Mapping) or isinstance(key, tuple) or (isinstance(key, str) and "/" in key):
+            for t, ms in _nested({key: value}, "baselines").items():
+                base.setdefault(t, {}).update(floats(ms))
+        elif key in mains:
+            base.setdefault(str(key), {})[mains[key]] = float(value)
+        else:
+            raise ValueError(f"baselines name task {key!r}, which has no scores; scored tasks: {sorted(final)}.")
+    return base
+
+
 def write_report(
     out_dir: str | Path,
     history: History | Mapping[str, Any] | Sequence[Any],
@@ -136,17 +170,7 @@ def write_report(
     task_map = as_task_dict(tasks) if tasks is not None else {}
     overrides = {t: dict(v) for t, v in (higher_is_better or {}).items()}
 
-    source_epoch: int | None = None
-    if scores is None:
-        candidates = [hist.at(best_epoch)] if best_epoch is not None else reversed(hist.epochs)
-        record = next((log for log in candidates if log.metrics.get(split)), None)
-        if record is None:
-            raise ValueError(
-                f"No scores: the history has no '{split}' metrics"
-                + (f" at epoch {best_epoch}" if best_epoch is not None else "")
-                + "; pass scores={task: {metric: value}} or the split that has them."
-            )
-        scores, source_epoch = record.metrics[split], record.epoch
+    scores, source_epoch = _scores_of(hist, scores, best_epoch, split)
     final = {t: floats(v) for t, v in scores.items() if v}
     mains = _main_names(final, task_map, dict(main_metrics or {}))
 
@@ -154,15 +178,7 @@ def write_report(
     changes: dict[str, dict[str, float]] = {}
     dm = dm_metric = None
     if baselines:
-        base = {}
-        for key, value in baselines.items():
-            if isinstance(value, Mapping) or isinstance(key, tuple) or (isinstance(key, str) and "/" in key):
-                for t, ms in _nested({key: value}, "baselines").items():
-                    base.setdefault(t, {}).update(floats(ms))
-            elif key in mains:
-                base.setdefault(str(key), {})[mains[key]] = float(value)
-            else:
-                raise ValueError(f"baselines name task {key!r}, which has no scores; scored tasks: {sorted(final)}.")
+        base = _baselines_of(baselines, mains, final)
         hib = {t: {m: direction(t, m, overrides) for m in ms} for t, ms in base.items()}
         dm = delta_m(final, base, hib)
         dm_metric = delta_m(final, base, hib, per="metric")

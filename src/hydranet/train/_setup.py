@@ -25,8 +25,12 @@ __all__ = [
     "SCHEDULERS",
     "check_amp",
     "check_baselines",
+    "check_baselines_setting",
+    "check_checkpoint",
+    "check_contract",
     "check_monitor",
     "check_scheduler",
+    "fit_monitor",
     "is_scheduler",
     "make_balancer",
     "make_optimizer",
@@ -53,6 +57,17 @@ SCHEDULERS: dict[str, str] = {
     "exponential": "epoch",  # lr * gamma (0.9) every epoch
     "plateau": "epoch",  # lr * factor (0.1) when the monitored value stalls
 }
+
+
+def check_contract(model: nn.Module) -> nn.Module:
+    """``model`` if it has the HydraNet contract the trainer relies on."""
+    for attribute in ("tasks", "shared_parameters", "task_parameters"):
+        if not hasattr(model, attribute):
+            raise TypeError(
+                f"{type(model).__name__} has no {attribute!r}: the trainer needs a model with the HydraNet "
+                "contract (tasks, shared_parameters(), task_parameters(task), forward(x, tasks=...))."
+            )
+    return model
 
 
 def select_tasks(model_tasks: Mapping[str, Task], tasks: Any) -> dict[str, Task]:
@@ -249,6 +264,61 @@ def check_baselines(
                 )
         out[task] = {m: float(s) for m, s in scores.items()}
     return out
+
+
+def check_baselines_setting(
+    baselines: Any,
+    tasks: Mapping[str, Task],
+    metrics: Mapping[str, Any],
+    optimizer: Any,
+    scheduler: Any,
+    model_factory: Any,
+    model: nn.Module,
+) -> dict[str, dict[str, float]] | None:
+    """The given baselines (None for none, or for ``"train"``, which trains them at fit time), after
+    checking that ``"train"`` can build a fresh optimizer, scheduler and model per baseline."""
+    if baselines is None:
+        return None
+    if baselines != "train":
+        return check_baselines(baselines, tasks, metrics)
+    if isinstance(optimizer, Optimizer) or is_scheduler(scheduler):
+        raise ValueError(
+            "baselines='train' builds a fresh optimizer and scheduler for every baseline: give them by "
+            "name, as a dict or as a factory, not as objects bound to this model's parameters."
+        )
+    if model_factory is None and isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError("baselines='train' with a DDP model needs model_factory= to build each baseline.")
+    return None
+
+
+def check_checkpoint(checkpoint: str | None, out_dir: Any, every: int | None) -> str:
+    """The checkpoint mode (``None`` is ``"none"``), consistent with ``out_dir`` and ``checkpoint_every``."""
+    if checkpoint is None:
+        checkpoint = "none"
+    if checkpoint not in CHECKPOINT_MODES:
+        raise ValueError(
+            f"checkpoint={checkpoint!r} is not valid; choose one of {', '.join(CHECKPOINT_MODES)}."
+            f"{did_you_mean(checkpoint, CHECKPOINT_MODES)}"
+        )
+    if every is not None and (out_dir is None or "last" not in checkpoint):
+        raise ValueError(
+            "checkpoint_every saves last.pt within epochs: set out_dir= and checkpoint='last' or 'last+best'."
+        )
+    return checkpoint
+
+
+def fit_monitor(setting: str | None, with_baselines: bool, with_patience: bool, has_val: bool) -> str:
+    """The monitored value of a fit: ``setting``, or ``"val/delta_m"`` with baselines, ``"val/loss"``
+    without, ``"train/loss"`` without validation data (when nothing needs validation scores)."""
+    monitor = setting if setting is not None else "val/delta_m" if with_baselines else "val/loss"
+    if not has_val and monitor.startswith("val/"):
+        if setting is not None or with_patience or monitor == "val/delta_m":
+            raise ValueError(
+                f"monitor={monitor!r} (early stopping, baselines, Δm) needs validation scores: pass val_loader=, "
+                "or monitor a training loss (monitor='train/loss')."
+            )
+        monitor = "train/loss"
+    return monitor
 
 
 def check_monitor(monitor: str, tasks: Mapping[str, Task], metrics: Mapping[str, Any]) -> None:

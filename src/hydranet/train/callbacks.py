@@ -24,19 +24,23 @@ and early stopping, Δm, the history and the logs see the edited scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydranet import runtime
 from hydranet.report.history import EpochLog
+from hydranet.report.summary import Report, write_report
+from hydranet.train._evaluation import evaluate_loader
+from hydranet.train.baselines import baseline_scores
 from hydranet.train.checkpoint import save_epoch_end, save_mid_epoch
 
 if TYPE_CHECKING:
     from hydranet.train.trainer import Trainer
 
-__all__ = ["Callback", "CallbackList", "Checkpointing", "EarlyStopping", "LogFiles", "WriteReport"]
+__all__ = ["Callback", "CallbackList", "Checkpointing", "EarlyStopping", "LogFiles", "WriteReport", "write_run_report"]
 
 
 class Callback:
@@ -200,3 +204,44 @@ class WriteReport(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         trainer.report(self.folder, self.test_loader, plots=self.plots)
+
+
+def write_run_report(
+    trainer: Trainer,
+    out_dir: str | Path | None,
+    test_loader: Iterable[Any] | None,
+    *,
+    plots: bool,
+    make_trainer: Callable[..., Trainer],
+) -> Report:
+    """What :meth:`hydranet.train.Trainer.report` does (``make_trainer`` scores the baselines)."""
+    folder = Path(out_dir) if out_dir is not None else trainer.out_dir
+    if folder is None:
+        raise ValueError("report() needs a folder: pass out_dir=, or build the trainer with out_dir=.")
+    has_val = any(log.metrics.get("val") for log in trainer.history)
+    scores, confusion, baselines = None, trainer.confusion, trainer.baselines
+    if test_loader is not None:
+        scores, _, confusion = evaluate_loader(trainer.step, trainer.metrics, test_loader)
+        if trainer.baseline_models:
+            baselines = baseline_scores(trainer, test_loader, make_trainer=make_trainer)
+    elif not has_val:
+        warnings.warn(
+            "No validation or test scores: the report holds the training curves only. Fit with a val_loader, "
+            "or pass report(test_loader=...).",
+            stacklevel=3,
+        )
+        scores = {}
+    return runtime.on_main(
+        lambda: write_report(
+            folder,
+            trainer.history,
+            tasks=list(trainer.tasks.values()),
+            scores=scores,
+            best_epoch=trainer.best_epoch if has_val and trainer.monitor.startswith("val/") else None,
+            baselines=baselines,
+            confusion=confusion or None,
+            plots=plots,
+            baseline_histories=trainer.baseline_histories,
+            scores_split="test" if test_loader is not None else None,
+        )
+    )

@@ -15,7 +15,7 @@ import contextlib
 import os
 import pickle
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -35,6 +35,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "check_tasks",
     "copy_atomic",
+    "epoch_iterator",
+    "load_into",
     "load_checkpoint",
     "read_checked",
     "read_resume",
@@ -327,3 +329,49 @@ def restore(trainer: Trainer, state: Mapping[str, Any]) -> dict[str, Any]:
     if progress["position"] == 0:
         set_rng_state(progress["rng"])
     return progress
+
+
+def epoch_iterator(
+    trainer: Trainer, loader: Any, epoch: int, resume_at: Mapping[str, Any] | None, means: Any
+) -> tuple[Iterator[Any], int]:
+    """The batch iterator of ``epoch`` and the number of batches already consumed (0 unless resuming
+    mid-epoch); sets ``trainer.rng_epoch_start``, the random state the epoch's loader started under."""
+    sampler = epoch_sampler(loader)
+    if resume_at is None or resume_at["position"] == 0:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        trainer.rng_epoch_start = rng_state()
+        return iter(loader), 0
+    # Mid-epoch resume: start the loader under the random state it started with in the original
+    # run (its worker seeds, a shuffling sampler's seed), move to the consumed position, then
+    # restore the random state of the checkpoint.
+    position = int(resume_at["position"])
+    trainer.rng_epoch_start = resume_at["rng_epoch_start"]
+    set_rng_state(resume_at["rng_epoch_start"])
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    skip = position
+    if resume_at.get("sampler") is not None and takes_position(sampler):
+        sampler.load_state_dict(resume_at["sampler"])
+        skip = 0
+    iterator = iter(loader)
+    for _ in range(skip):
+        next(iterator)
+    set_rng_state(resume_at["rng"])
+    if runtime.is_main_process():  # the saved means are all ranks' (see save_mid_epoch)
+        means.load_state_dict(resume_at["means"])
+    return iterator, position
+
+
+def load_into(trainer: Trainer, path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``trainer`` (see :meth:`hydranet.train.Trainer.load_checkpoint`)."""
+    state = runtime.on_main(lambda: read_checked(path, trainer.tasks))
+    trainer.step.core.load_state_dict(state["model"])
+    if not weights_only:
+        trainer.balancer.load_state_dict(state["balancer"])
+        trainer.history = History.from_dict(state["history"])
+        trainer.early_stopping.load_state_dict(state["early_stopping"])
+        baselines = state["baselines"]
+        trainer.baselines = None if baselines is None else {t: dict(v) for t, v in baselines.items()}
+        trainer.global_step = int(state["global_step"])
+    return state

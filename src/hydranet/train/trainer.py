@@ -45,8 +45,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,27 +57,19 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from hydranet import runtime
-from hydranet._checks import check_int, check_number, did_you_mean
+from hydranet._checks import check_int, check_number
 from hydranet.balancing import Balancer
 from hydranet.metrics import MultiTaskMetrics, delta_m
 from hydranet.report.history import History
-from hydranet.report.summary import Report, write_report
+from hydranet.report.summary import Report
 from hydranet.tasks import Task
 from hydranet.train import _setup
 from hydranet.train._evaluation import evaluate_loader, predict_loader
 from hydranet.train._means import Means
-from hydranet.train.baselines import baseline_scores, train_baselines
-from hydranet.train.callbacks import Callback, CallbackList, Checkpointing, EarlyStopping, LogFiles
-from hydranet.train.checkpoint import (
-    read_checked,
-    read_resume,
-    restore,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    training_state,
-)
-from hydranet.train.loaders import as_batch, check_shards, epoch_sampler, length_of, takes_position
+from hydranet.train.baselines import train_baselines
+from hydranet.train.callbacks import Callback, CallbackList, Checkpointing, EarlyStopping, LogFiles, write_run_report
+from hydranet.train.checkpoint import epoch_iterator, load_into, read_resume, restore, seed_everything, training_state
+from hydranet.train.loaders import as_batch, check_shards, epoch_sampler, length_of
 from hydranet.train.step import Step, unwrap, wrap_model
 
 __all__ = ["Trainer"]
@@ -193,13 +184,7 @@ class Trainer:
         Longer than 80 lines because it validates 27 independent settings, one or two lines each, in
         the order of the signature; the building itself is delegated to :mod:`hydranet.train._setup`.
         """
-        core = unwrap(model)
-        for attribute in ("tasks", "shared_parameters", "task_parameters"):
-            if not hasattr(core, attribute):
-                raise TypeError(
-                    f"{type(core).__name__} has no {attribute!r}: the trainer needs a model with the HydraNet "
-                    "contract (tasks, shared_parameters(), task_parameters(task), forward(x, tasks=...))."
-                )
+        core = _setup.check_contract(unwrap(model))
         self.tasks = _setup.select_tasks(core.tasks, tasks)
         self.device = runtime.device_for(device)
         if not isinstance(model, nn.parallel.DistributedDataParallel):
@@ -214,8 +199,7 @@ class Trainer:
         self.log_every = check_int("log_every", log_every, 1)
         self.seed = check_int("seed", seed, 0)
         self.grad_clip = None if grad_clip is None else check_number("grad_clip", grad_clip, low=0.0, strict=True)
-        if patience is not None:
-            check_int("patience", patience, 1)
+        self.patience = None if patience is None else check_int("patience", patience, 1)
         self.min_delta = check_number("min_delta", min_delta, low=0.0)
         if checkpoint_every is not None:
             check_int("checkpoint_every", checkpoint_every, 1)
@@ -238,18 +222,10 @@ class Trainer:
         )
         self.loss_fn = self.step.loss_fn
 
-        self.baselines: dict[str, dict[str, float]] | None = None
         self._train_baselines = baselines == "train"
-        if baselines is not None and not self._train_baselines:
-            self.baselines = _setup.check_baselines(baselines, self.tasks, self.metric_names)
-        if self._train_baselines:
-            if isinstance(optimizer, Optimizer) or _setup.is_scheduler(scheduler):
-                raise ValueError(
-                    "baselines='train' builds a fresh optimizer and scheduler for every baseline: give them by "
-                    "name, as a dict or as a factory, not as objects bound to this model's parameters."
-                )
-            if model_factory is None and isinstance(model, nn.parallel.DistributedDataParallel):
-                raise ValueError("baselines='train' with a DDP model needs model_factory= to build each baseline.")
+        self.baselines = _setup.check_baselines_setting(
+            baselines, self.tasks, self.metric_names, optimizer, scheduler, model_factory, model
+        )
         self.model_factory = model_factory
         self.initial_state = (
             {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
@@ -266,21 +242,9 @@ class Trainer:
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}.")
         self.mode_setting = mode
         self.monitor = self._fit_monitor(has_val=True)
-        self.patience = patience
 
-        if checkpoint is None:
-            checkpoint = "none"
-        if checkpoint not in _setup.CHECKPOINT_MODES:
-            raise ValueError(
-                f"checkpoint={checkpoint!r} is not valid; choose one of {', '.join(_setup.CHECKPOINT_MODES)}."
-                f"{did_you_mean(checkpoint, _setup.CHECKPOINT_MODES)}"
-            )
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.checkpoint = checkpoint
-        if checkpoint_every is not None and (self.out_dir is None or "last" not in checkpoint):
-            raise ValueError(
-                "checkpoint_every saves last.pt within epochs: set out_dir= and checkpoint='last' or 'last+best'."
-            )
+        self.checkpoint = _setup.check_checkpoint(checkpoint, self.out_dir, checkpoint_every)
         self.checkpoint_every = checkpoint_every
 
         self.history = History()
@@ -289,7 +253,7 @@ class Trainer:
         self.epoch = 0
         self.should_stop = False
         self.improved = False  # whether the last epoch improved the monitored value (best checkpoint)
-        self._confusion: dict[str, np.ndarray] = {}
+        self.confusion: dict[str, np.ndarray] = {}
         self.rng_epoch_start: dict[str, Any] | None = None  # random state when the epoch's loader started
         self._epoch_state: _EpochState | None = None
 
@@ -335,7 +299,7 @@ class Trainer:
         resume_at = restore(self, state) if state is not None else None
         start = self.epoch
         self.should_stop = False
-        callbacks = self._fit_callbacks()
+        callbacks = _fit_callbacks(self)
         callbacks.on_fit_start(self)
         try:
             for epoch in range(start, epochs):
@@ -353,31 +317,10 @@ class Trainer:
             callbacks.on_fit_end(self)
         return self.history
 
-    def _fit_callbacks(self) -> CallbackList:
-        """The log files first, then the callbacks given, then the checkpoints (written last, once every
-        callback has seen the epoch)."""
-        first: list[Callback] = []
-        last: list[Callback] = []
-        if self.out_dir is not None:
-            first.append(LogFiles(self.out_dir, tensorboard=self.tensorboard))
-            if self.checkpoint != "none":
-                last.append(Checkpointing(self.out_dir, self.checkpoint, every=self.checkpoint_every))
-        return CallbackList([*first, *self.callbacks.callbacks, *last])
-
     def _fit_monitor(self, has_val: bool) -> str:
         """The monitored value of this fit: the one asked for, or the default given the data."""
-        if self._monitor_setting is not None:
-            monitor = self._monitor_setting
-        else:
-            monitor = "val/delta_m" if self.baselines is not None or self._train_baselines else "val/loss"
-        if not has_val and monitor.startswith("val/"):
-            if self._monitor_setting is not None or self.patience is not None or monitor == "val/delta_m":
-                raise ValueError(
-                    f"monitor={monitor!r} (early stopping, baselines, Δm) needs validation scores: pass val_loader=, "
-                    "or monitor a training loss (monitor='train/loss')."
-                )
-            monitor = "train/loss"
-        return monitor
+        with_baselines = self.baselines is not None or self._train_baselines
+        return _setup.fit_monitor(self._monitor_setting, with_baselines, self.patience is not None, has_val)
 
     def _steps_per_epoch(self, loader: Any) -> int | None:
         n = length_of(loader)
@@ -396,10 +339,10 @@ class Trainer:
         callbacks.on_epoch_start(self, epoch)
         self.model.train()
         means = Means()
-        iterator, position = self._epoch_iterator(loader, epoch, resume_at, means)
+        iterator, position = epoch_iterator(self, loader, epoch, resume_at, means)
         n_batches = length_of(loader)
         self._epoch_state = _EpochState(loader, means, n_batches)
-        bar = self._progress_bar(n_batches, position, f"epoch {epoch + 1}/{epochs}")
+        bar = _progress_bar(self, n_batches, position, f"epoch {epoch + 1}/{epochs}")
         micro = 0
         try:
             for raw in iterator:
@@ -436,37 +379,7 @@ class Trainer:
             self._epoch_state = None
         self.rng_epoch_start = None
         self.balancer.on_epoch_end()
-        self._finish_epoch(callbacks, epoch, val_loader, means, started)
-
-    def _epoch_iterator(
-        self, loader: Any, epoch: int, resume_at: Mapping[str, Any] | None, means: Means
-    ) -> tuple[Iterator[Any], int]:
-        """The epoch's batch iterator and the number of batches already consumed."""
-        sampler = epoch_sampler(loader)
-        if resume_at is None or resume_at["position"] == 0:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            self.rng_epoch_start = rng_state()
-            return iter(loader), 0
-        # Mid-epoch resume: start the loader under the random state it started with in the original
-        # run (its worker seeds, a shuffling sampler's seed), move to the consumed position, then
-        # restore the random state of the checkpoint.
-        position = int(resume_at["position"])
-        self.rng_epoch_start = resume_at["rng_epoch_start"]
-        set_rng_state(self.rng_epoch_start)  # type: ignore[arg-type]
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        skip = position
-        if resume_at.get("sampler") is not None and takes_position(sampler):
-            sampler.load_state_dict(resume_at["sampler"])
-            skip = 0
-        iterator = iter(loader)
-        for _ in range(skip):
-            next(iterator)
-        set_rng_state(resume_at["rng"])
-        if runtime.is_main_process():  # the saved means are all ranks' (see checkpoint.save_mid_epoch)
-            means.load_state_dict(resume_at["means"])
-        return iterator, position
+        _finish_epoch(self, callbacks, epoch, val_loader, means, started)
 
     def _optimizer_step(self, micro: int) -> float | None:
         """The step's optimizer step, then the count and the per-step scheduler."""
@@ -475,57 +388,6 @@ class Trainer:
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         return norm
-
-    def _finish_epoch(self, callbacks: CallbackList, epoch: int, val_loader: Any, means: Means, started: float) -> None:
-        means = means.across_ranks()  # every rank logs, monitors and stops on the same numbers
-        train_losses = means.mean("loss")
-        values: dict[str, float] = {"train/loss": float(sum(train_losses.values()))}
-        values.update({f"train/{t}/loss": v for t, v in train_losses.items()})
-        losses = {"train": train_losses}
-        metrics: dict[str, dict[str, dict[str, float]]] = {}
-        extra: dict[str, float] = {}
-        confusion: dict[str, np.ndarray] = {}
-        if val_loader is not None:
-            # Same validation order in an uninterrupted and a resumed run (a sampler may shuffle per epoch).
-            val_sampler = epoch_sampler(val_loader)
-            if val_sampler is not None:
-                val_sampler.set_epoch(epoch)
-            scores, val_losses, confusion = evaluate_loader(self.step, self.metrics, val_loader)
-            callbacks.on_validation_end(self, scores)
-            losses["val"], metrics["val"] = val_losses, scores
-            values["val/loss"] = float(sum(val_losses.values()))
-            values.update({f"val/{t}/loss": v for t, v in val_losses.items()})
-            values.update({f"val/{t}/{m}": v for t, ms in scores.items() for m, v in ms.items()})
-            if self.baselines:
-                values["val/delta_m"] = extra["val/delta_m"] = delta_m(scores, self.baselines)
-            extra["val/loss"] = values["val/loss"]
-        extra["train/loss"] = values["train/loss"]
-        extra.update(means.mean("extra"))  # grad_norm, lr: means over the epoch's optimizer steps
-        extra["seconds"] = time.perf_counter() - started
-        log = means.record(epoch, losses, metrics, extra)
-        self.history.append(log)
-        if self.monitor not in values:
-            raise ValueError(f"monitor={self.monitor!r} has no value after epoch {epoch}; available: {sorted(values)}.")
-        self.improved = self.early_stopping.update(values[self.monitor], epoch)
-        if self.improved:
-            self._confusion = confusion
-        if self.scheduler is not None and self.scheduler_interval == "epoch":
-            if isinstance(self.scheduler, ReduceLROnPlateau):
-                self.scheduler.step(values[self.monitor])
-            else:
-                self.scheduler.step()
-        if runtime.is_main_process():
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if k.count("/") == 1 or k == self.monitor)
-            logger.info("epoch %d: %s (%.1f s)", epoch, shown, extra["seconds"])
-        callbacks.on_epoch_end(self, epoch, log)
-
-    def _progress_bar(self, total: int | None, initial: int, description: str) -> Any:
-        if not (self.progress and runtime.is_main_process()):
-            return None
-        from tqdm.auto import tqdm
-
-        # disable=None: tqdm switches itself off when the output is not a terminal.
-        return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)
 
     # ------------------------------------------------------------------------------ evaluation
 
@@ -601,15 +463,7 @@ class Trainer:
         baselines and early-stopping record (what :meth:`report` and Δm need). To continue training
         from a checkpoint, use ``fit(..., resume=path)``. Under DDP rank 0 reads the file for every rank.
         """
-        state = runtime.on_main(lambda: read_checked(path, self.tasks))
-        self.step.core.load_state_dict(state["model"])
-        if not weights_only:
-            self.balancer.load_state_dict(state["balancer"])
-            self.history = History.from_dict(state["history"])
-            self.early_stopping.load_state_dict(state["early_stopping"])
-            self.baselines = None if state["baselines"] is None else {t: dict(v) for t, v in state["baselines"].items()}
-            self.global_step = int(state["global_step"])
-        return state
+        return load_into(self, path, weights_only=weights_only)
 
     # ------------------------------------------------------------------------------ reporting
 
@@ -625,33 +479,75 @@ class Trainer:
         Under DDP every rank calls it (test scores are collective); rank 0 writes the files and every rank
         returns its :class:`~hydranet.report.Report` once they are complete.
         """
-        folder = Path(out_dir) if out_dir is not None else self.out_dir
-        if folder is None:
-            raise ValueError("report() needs a folder: pass out_dir=, or build the trainer with out_dir=.")
-        has_val = any(log.metrics.get("val") for log in self.history)
-        scores, confusion, baselines = None, self._confusion, self.baselines
-        if test_loader is not None:
-            scores, _, confusion = evaluate_loader(self.step, self.metrics, test_loader)
-            if self.baseline_models:
-                baselines = baseline_scores(self, test_loader, make_trainer=Trainer)
-        elif not has_val:
-            warnings.warn(
-                "No validation or test scores: the report holds the training curves only. Fit with a val_loader, "
-                "or pass report(test_loader=...).",
-                stacklevel=2,
-            )
-            scores = {}
-        return runtime.on_main(
-            lambda: write_report(
-                folder,
-                self.history,
-                tasks=list(self.tasks.values()),
-                scores=scores,
-                best_epoch=self.best_epoch if has_val and self.monitor.startswith("val/") else None,
-                baselines=baselines,
-                confusion=confusion or None,
-                plots=plots,
-                baseline_histories=self.baseline_histories,
-                scores_split="test" if test_loader is not None else None,
-            )
-        )
+        return write_run_report(self, out_dir, test_loader, plots=plots, make_trainer=Trainer)
+
+
+# Parts of the loop that read and write the trainer, kept out of the class so that it stays the API.
+
+
+def _fit_callbacks(trainer: Trainer) -> CallbackList:
+    """The log files first, then the callbacks given, then the checkpoints (written last, once every
+    callback has seen the epoch)."""
+    first: list[Callback] = []
+    last: list[Callback] = []
+    if trainer.out_dir is not None:
+        first.append(LogFiles(trainer.out_dir, tensorboard=trainer.tensorboard))
+        if trainer.checkpoint != "none":
+            last.append(Checkpointing(trainer.out_dir, trainer.checkpoint, every=trainer.checkpoint_every))
+    return CallbackList([*first, *trainer.callbacks.callbacks, *last])
+
+
+def _finish_epoch(
+    trainer: Trainer, callbacks: CallbackList, epoch: int, val_loader: Any, means: Means, started: float
+) -> None:
+    """The epoch's record: means over the ranks, validation, the monitored value, epoch schedulers."""
+    means = means.across_ranks()  # every rank logs, monitors and stops on the same numbers
+    train_losses = means.mean("loss")
+    values: dict[str, float] = {"train/loss": float(sum(train_losses.values()))}
+    values.update({f"train/{t}/loss": v for t, v in train_losses.items()})
+    losses = {"train": train_losses}
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    extra: dict[str, float] = {}
+    confusion: dict[str, np.ndarray] = {}
+    if val_loader is not None:
+        # Same validation order in an uninterrupted and a resumed run (a sampler may shuffle per epoch).
+        val_sampler = epoch_sampler(val_loader)
+        if val_sampler is not None:
+            val_sampler.set_epoch(epoch)
+        scores, val_losses, confusion = evaluate_loader(trainer.step, trainer.metrics, val_loader)
+        callbacks.on_validation_end(trainer, scores)
+        losses["val"], metrics["val"] = val_losses, scores
+        values["val/loss"] = float(sum(val_losses.values()))
+        values.update({f"val/{t}/loss": v for t, v in val_losses.items()})
+        values.update({f"val/{t}/{m}": v for t, ms in scores.items() for m, v in ms.items()})
+        if trainer.baselines:
+            values["val/delta_m"] = extra["val/delta_m"] = delta_m(scores, trainer.baselines)
+        extra["val/loss"] = values["val/loss"]
+    extra["train/loss"] = values["train/loss"]
+    extra.update(means.mean("extra"))  # grad_norm, lr: means over the epoch's optimizer steps
+    extra["seconds"] = time.perf_counter() - started
+    log = means.record(epoch, losses, metrics, extra)
+    trainer.history.append(log)
+    if trainer.monitor not in values:
+        raise ValueError(f"monitor={trainer.monitor!r} has no value after epoch {epoch}; available: {sorted(values)}.")
+    trainer.improved = trainer.early_stopping.update(values[trainer.monitor], epoch)
+    if trainer.improved:
+        trainer.confusion = confusion
+    if trainer.scheduler is not None and trainer.scheduler_interval == "epoch":
+        if isinstance(trainer.scheduler, ReduceLROnPlateau):
+            trainer.scheduler.step(values[trainer.monitor])
+        else:
+            trainer.scheduler.step()
+    if runtime.is_main_process():
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if k.count("/") == 1 or k == trainer.monitor)
+        logger.info("epoch %d: %s (%.1f s)", epoch, shown, extra["seconds"])
+    callbacks.on_epoch_end(trainer, epoch, log)
+
+
+def _progress_bar(trainer: Trainer, total: int | None, initial: int, description: str) -> Any:
+    if not (trainer.progress and runtime.is_main_process()):
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm switches itself off when the output is not a terminal.
+    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from hydranet._checks import check_choice, check_number
-from hydranet.data.collate import make_collate
+from hydranet.data._collate import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
 from hydranet.data.readers.images import DefaultTransform, ImageReadError, check_images, load_image

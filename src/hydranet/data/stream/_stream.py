@@ -56,7 +56,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from hydranet import runtime
 from hydranet._checks import check_int, unknown_name
 from hydranet.data.balance import ClassBalance
-from hydranet.data.collate import collate
+from hydranet.data._collate import collate
 from hydranet.data.schedule import RoundRobin, Schedule, apportion, interleave, make_schedule
 from hydranet.data.stream._pipe import Pipe
 from hydranet.data.stream._sources import Source, as_source
