@@ -21,6 +21,7 @@ NAMES = sorted(AGGREGATORS)
 EXPECTED_NAMES = {
     "mean", "sum", "pcgrad", "gradvac", "graddrop", "mgda", "cagrad", "imtl_g", "nash_mtl",
     "aligned_mtl", "upgrad", "dualproj", "config", "fairgrad", "moco", "excess_mtl",
+    "constant", "random", "krum", "trimmed_mean", "modo", "sdmgrad", "pcd", "cr_mogm",
 }  # fmt: skip
 # Methods whose update is the same whatever the order of the rows (the papers' definitions are symmetric).
 PERMUTATION_INVARIANT = [
@@ -32,7 +33,7 @@ NON_CONFLICTING = ["upgrad", "mgda", "dualproj", "config"]
 HOMOGENEOUS = [
     "mean", "sum", "pcgrad", "gradvac", "graddrop", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "config",
 ]  # fmt: skip
-STATEFUL = ["pcgrad", "gradvac", "graddrop", "nash_mtl", "moco", "excess_mtl"]
+STATEFUL = ["pcgrad", "gradvac", "graddrop", "nash_mtl", "moco", "excess_mtl", "random", "modo", "sdmgrad", "pcd", "cr_mogm"]
 FAST = settings(deadline=None)  # examples: the hypothesis profile's (tests/conftest.py)
 # CAGrad's simplex problem is solved by SLSQP to ftol = 1e-14 in the objective: near the optimum an objective
 # error e moves the weights by sqrt(e / curvature) ~ 1e-7, amplified by c|g0| / |g_w| (up to ~100 on these
@@ -213,6 +214,16 @@ c = 0.5
 CAGRAD_SCALE = (1 + c) / (1 + c**2)  # identical rows: g0 = g_w = g, d = (1 + c) g, divided by 1 + c^2
 
 
+def test_krum_with_a_zero_row_selects_the_row_of_lowest_score():
+    # T = 4, f = 0: each score sums the squared distances to the T - 2 = 2 nearest other rows (by hand).
+    G = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    # squared distances: d01 = 1, d02 = 1, d03 = 4, d12 = 2, d13 = 1, d23 = 5
+    # scores: s0 = 1 + 1 = 2, s1 = 1 + 1 = 2, s2 = 1 + 2 = 3, s3 = 1 + 4 = 5 -> rows 0 and 1 tie, row 0 first
+    torch.testing.assert_close(build("krum")(G), G[0])
+    torch.testing.assert_close(build("krum", n_selected=2)(G), (G[0] + G[1]) / 2)
+    assert bool(torch.isfinite(build("krum")(random_jacobian(6, 3, 5) * torch.tensor([[0.0], [1.0], [1.0]]))).all())
+
+
 @pytest.mark.parametrize(
     ("name", "factor"),
     [
@@ -251,11 +262,31 @@ def test_orthogonal_gradients(name, expected):
     torch.testing.assert_close(build(name)(G), torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "graddrop"])  # GradDrop keeps one sign at random
+# Methods for which g and -g do not cancel, by their definitions: GradDrop keeps one sign at random; Random
+# weights them by a random softmax, (w1 - w2) g; PCD keeps the norm of the primary gradient and must make
+# progress tau |g|^2 on -g (below); Krum needs T >= f + 3 rows.
+NOT_CANCELLING = {"graddrop", "random", "pcd", "krum"}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NOT_CANCELLING])
 def test_opposite_gradients_cancel(name):
     g = torch.tensor([1.0, -2.0, 2.0], dtype=torch.float64)
     update = build(name)(torch.stack([g, -g]))
     assert update.norm() < 1e-6, update
+
+
+def test_the_methods_that_do_not_cancel_opposite_gradients_do_what_their_definition_says():
+    g = torch.tensor([1.0, -2.0, 2.0], dtype=torch.float64)
+    G = torch.stack([g, -g])
+    # PCD by hand: both rows have the same norm, so the same scale s; projecting s g onto {d: -s g . d >= tau s^2 |g|^2}
+    # gives d~ = -tau s g (the constraint is active), rescaled to ||g_1||: d = -g.
+    torch.testing.assert_close(build("pcd")(G), -g)
+    w = build("random").weights(G)
+    torch.testing.assert_close(build("random")(G), (w[0] - w[1]) * g)  # same seed, same draw
+    with pytest.raises(ValueError, match="needs at least 3"):
+        build("krum")(G)
+    G3 = torch.stack([g, -g, g])  # two copies of g outvote -g: Krum selects g
+    torch.testing.assert_close(build("krum")(G3), g)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -264,10 +295,12 @@ def test_all_zero_gradients_give_a_zero_update(name):
     assert torch.equal(update, torch.zeros(4, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "krum"])
 def test_a_zero_gradient_does_not_break_the_others(name):
+    # PCD: a zero *primary* gradient gives d = 0 by definition (test_aggregators_peers.py), so here the zero
+    # row is a secondary task's. Krum may select the zero row when it is the most central: below.
     G = random_jacobian(6, 3, 5)
-    G[0] = 0.0
+    G[2 if name == "pcd" else 0] = 0.0
     update = build(name)(G)
     assert torch.isfinite(update).all()
     if name == "mgda":  # 0 is in the convex hull: the point is Pareto-stationary and MGDA stops

@@ -25,7 +25,8 @@ class Constant(WeightedAggregator):
     Stateless. Cost: :math:`O(TP)`.
 
     Args:
-        weights: finite task weights (a sequence or 1-D tensor), or ``None``.
+        weights: finite task weights (a sequence or 1-D tensor), or ``None``; kept as ``task_weights``
+            (``weights(G)`` is the method of every weighting).
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
@@ -41,17 +42,22 @@ class Constant(WeightedAggregator):
                     f"Constant needs weights as a non-empty 1-D sequence of finite numbers (one per task), got {weights!r}."
                 )
             weights = values
-        self.weights = weights
+        # Not ``self.weights``: that name is the method ``weights(G)`` of every weighting.
+        self.task_weights: np.ndarray | None = weights
+
+    def __repr__(self) -> str:
+        shown = None if self.task_weights is None else self.task_weights.tolist()
+        return f"Constant(weights={shown!r}, normalize={self.normalize!r})"
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
-        if self.weights is None:
+        if self.task_weights is None:
             return np.full(matrix.shape[0], 1.0 / tasks.total)
-        if self.weights.size != tasks.total:
+        if self.task_weights.size != tasks.total:
             raise ValueError(
-                f"Constant has {self.weights.size} weights but the Jacobian describes {tasks.total} tasks: give one "
+                f"Constant has {self.task_weights.size} weights but the Jacobian describes {tasks.total} tasks: give one "
                 "weight per task (in the order of the task list), or pass present= when the rows are some of them."
             )
-        return self.weights[tasks.index].copy()
+        return self.task_weights[tasks.index].copy()
 
 
 class Random(Randomized, WeightedAggregator):

@@ -56,12 +56,17 @@ class Krum(WeightedAggregator):
             raise TypeError(f"Krum squared must be True or False, got {squared!r}.")
         self.squared = squared
 
+    @property
+    def min_rows(self) -> int:
+        """The fewest gradients a call accepts: :math:`\max(f + 3, m)`."""
+        return max(self.n_byzantine + 3, self.n_selected)
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        if size < self.n_byzantine + 3 or size < self.n_selected:
+        if size < self.min_rows:
             raise ValueError(
                 f"Krum(n_byzantine={self.n_byzantine}, n_selected={self.n_selected}) needs at least "
-                f"{max(self.n_byzantine + 3, self.n_selected)} gradients but got {size}: each score sums the distances "
+                f"{self.min_rows} gradients but got {size}: each score sums the distances "
                 "to T - f - 2 >= 1 neighbours. Lower n_byzantine / n_selected, or use 'trimmed_mean' or 'mean' "
                 "for so few tasks."
             )
@@ -101,9 +106,14 @@ class TrimmedMean(Aggregator):
         super().__init__(normalize=normalize)
         self.trim = _whole(trim, "TrimmedMean trim", 0)
 
+    @property
+    def min_rows(self) -> int:
+        """The fewest gradients a call accepts: :math:`2t + 1`."""
+        return 2 * self.trim + 1
+
     def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
         size = matrix.shape[0]
-        if size < 2 * self.trim + 1:
+        if size < self.min_rows:
             raise ValueError(
                 f"TrimmedMean(trim={self.trim}) drops {2 * self.trim} values per coordinate and needs at least "
                 f"{2 * self.trim + 1} gradients, got {size}. Lower trim, or use 'mean' for so few tasks."
