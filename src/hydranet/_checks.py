@@ -71,12 +71,14 @@ def check_number(
     learning rates that way.
     """
     number = _as_number(value)
-    ok = number is not None and math.isfinite(number)
-    if ok and low is not None:
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number{_bounds(low, high, strict)}, got {value!r}{_hint(hint)}.")
+    ok = True
+    if low is not None:
         ok = number > low if strict else number >= low
     if ok and high is not None:
         ok = number < high if strict else number <= high
-    if not ok or number is None:
+    if not ok:
         raise ValueError(f"{name} must be a finite number{_bounds(low, high, strict)}, got {value!r}{_hint(hint)}.")
     return number
 

@@ -278,7 +278,7 @@ class TaskLoss(nn.Module):
                 return text + missing
             return text + (
                 f" Fix: map the labels to 0..{c - 1} (e.g. np.unique(labels, return_inverse=True)), or declare "
-                f"num_classes={int(value) + 1} if there are that many classes."
+                f"num_classes={int(values[0]) + 1} if there are that many classes."
             )
         kind = "binary" if task.kind == "binary" else f"multilabel, {task.n_classes} labels"
         text = f"Task {name!r} ({kind}): target {shown} at batch row {row} is not 0 or 1."
@@ -365,7 +365,8 @@ class MultiTaskLoss(nn.Module):
         super().__init__()
         self.tasks: dict[str, Task] = as_task_dict(tasks)
         self.validate = validate
-        self.losses = TaskDict({name: TaskLoss(task) for name, task in self.tasks.items()})
+        # Any: nn.Module attribute access types as Tensor | Module; the items are TaskLoss
+        self.losses: Any = TaskDict({name: TaskLoss(task) for name, task in self.tasks.items()})
 
     def forward(
         self,
@@ -386,7 +387,7 @@ class MultiTaskLoss(nn.Module):
         if not names:
             return {}
         sizes = {name: _batch_size(outputs[name]) for name in names}
-        task_masks = {}
+        task_masks: dict[str, Tensor | None] = {}
         for name in names:
             mask = None if masks is None else masks.get(name)
             if mask is not None:
@@ -398,7 +399,8 @@ class MultiTaskLoss(nn.Module):
                     )
             task_masks[name] = mask
         counted = [n for n in names if task_masks[n] is not None]
-        counts = dict(zip(counted, torch.stack([task_masks[n].sum() for n in counted]).tolist())) if counted else {}
+        sums = [m.sum() for m in (task_masks[n] for n in counted) if m is not None]
+        counts = dict(zip(counted, torch.stack(sums).tolist())) if counted else {}
 
         prepared: dict[str, tuple[Any, Any, Tensor | None]] = {}
         for name in names:

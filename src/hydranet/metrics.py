@@ -223,6 +223,7 @@ def _count_class() -> type[Metric]:
 
     class _Count(Metric):
         full_state_update = False
+        total: Tensor
 
         def __init__(self) -> None:
             super().__init__(**_OPTIONS)
@@ -271,9 +272,10 @@ class TaskMetrics(nn.Module):
             raise TypeError(f"Expected a hydranet.Task, got {type(task).__name__}.")
         self.task = task
         self.names = metric_names(task, metrics)
-        self.metrics = nn.ModuleDict({name: METRICS[name].build[task.kind](task) for name in self.names})
+        # Any: torchmetrics is imported lazily, and nn.Module attribute access types as Tensor | Module
+        self.metrics: Any = nn.ModuleDict({name: METRICS[name].build[task.kind](task) for name in self.names})
         self.confusion = _confusion(task) if (confusion and task.is_classification and not task.ragged) else None
-        self.count = _count_class()()
+        self.count: Any = _count_class()()
 
     @property
     def main(self) -> tuple[str, bool]:
@@ -398,12 +400,12 @@ class MultiTaskMetrics(nn.Module):
         unknown = sorted(set(metrics) - set(self.tasks))
         if unknown:
             raise ValueError(f"metrics= names unknown task(s) {unknown}; tasks are {sorted(self.tasks)}.")
-        self.per_task = nn.ModuleDict(
+        self.per_task: Any = nn.ModuleDict(
             {name: TaskMetrics(task, metrics.get(name), confusion=confusion) for name, task in self.tasks.items()}
         )
 
     def __getitem__(self, task: str) -> TaskMetrics:
-        return self.per_task[task]  # type: ignore[return-value]
+        return self.per_task[task]
 
     def update(
         self,
@@ -477,6 +479,7 @@ def _flatten(values: Mapping[Any, Any], what: str) -> dict[Key, Any]:
         raise TypeError(f"{what} must be a mapping, got {type(values).__name__}.")
     flat: dict[Key, Any] = {}
     for key, value in values.items():
+        items: list[tuple[Key, Any]]
         if isinstance(value, Mapping):
             if not isinstance(key, str):
                 raise TypeError(f"{what}: nested mappings must be keyed by task name, got {key!r}.")

@@ -122,8 +122,7 @@ def start(backend: str | None = None, *, timeout: datetime.timedelta | None = No
                 "process per GPU (--nproc_per_node), or use backend='gloo'."
             )
         torch.cuda.set_device(local_rank())
-    options = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(backend=backend, init_method="env://", **options)
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     return True
 
 

@@ -38,7 +38,7 @@ def _bench_sampler(n: int) -> tuple[float, float]:
     sampler = TaskBatchSampler(ds, batch_size=256, balance="inverse", length=2 * n // 256)
     counts = torch.bincount(labels)
     weights = (1.0 / counts.double())[labels]
-    baseline = WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=g)
+    baseline = WeightedRandomSampler(weights.tolist(), num_samples=n, replacement=True, generator=g)
     ours = _best_of(lambda: sum(1 for _ in sampler), 3)
     theirs = _best_of(lambda: sum(1 for _ in baseline), 1) * 2  # two tasks' worth of indices
     return ours, theirs

@@ -115,6 +115,8 @@ def train(args: argparse.Namespace) -> int:
 def _train(cfg: Config, args: argparse.Namespace) -> None:
     torch.manual_seed(cfg.seed)
     train_ds = build_split(cfg, "train")
+    if train_ds is None:  # the schema requires data.train; kept for the type checker's sake
+        raise ConfigError("The config has no 'data.train' split.")
     tasks = _tasks_of(cfg, train_ds)
     val_ds, test_ds = build_split(cfg, "val", tasks), build_split(cfg, "test", tasks)
     out = Path(args.out or cfg.output)
@@ -218,8 +220,8 @@ def inspect(args: argparse.Namespace) -> int:
     seen: dict[str, list[int]] = {t: [] for t in tasks}
     batches = list(iter(sampler))
     for batch in batches:
-        for task in tasks:
-            seen[task].extend(batch)
+        for name in tasks:
+            seen[name].extend(batch)
     print("\nper task (before balancing -> as sampled in one epoch):")
     for name, task in tasks.items():
         indices = dataset.task_indices(name)
@@ -232,8 +234,8 @@ def inspect(args: argparse.Namespace) -> int:
             print(f"    sampled: {_fmt_counts(_class_counts(dataset, task, positions))}")
     print(f"\nfirst {min(args.batches, len(batches))} batches:")
     collate = make_collate([t.name for t in tasks.values() if t.ragged])
-    for k, indices in enumerate(batches[: args.batches]):
-        batch = collate(dataset.__getitems__(indices))
+    for k, rows in enumerate(batches[: args.batches]):
+        batch = collate(dataset.__getitems__(rows))
         parts = Counter({t: int(m.sum()) for t, m in batch.masks.items()})
         mix = " + ".join(f"{n} {t}" for t, n in parts.items() if n)
         line = f"  {k:>3}: [{mix}]"

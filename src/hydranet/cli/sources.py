@@ -80,7 +80,7 @@ def _reader(kind: str, spec: Mapping[str, Any], cfg: Config, tasks: Mapping[str,
         options["tasks"] = [tasks[n] for n in names if n in tasks]
     if "root" in options:
         options["root"] = cfg.resolve(options["root"])
-    function = {"csv": readers.read_manifest, "folder": readers.read_folders, "filenames": readers.read_filenames}[kind]
+    function: Any = {"csv": readers.read_manifest, "folder": readers.read_folders, "filenames": readers.read_filenames}[kind]
     return function(cfg.resolve(spec["path"]), **options)
 
 

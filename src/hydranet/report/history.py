@@ -135,7 +135,8 @@ class History:
         """Tasks that appear in any loss, metric or weight, in order of first appearance."""
         seen: dict[str, None] = {}
         for log in self.epochs:
-            for per_task in [*log.losses.values(), *log.metrics.values(), log.weights, log.grad_norms]:
+            parts: list[Mapping[str, Any]] = [*log.losses.values(), *log.metrics.values(), log.weights, log.grad_norms]
+            for per_task in parts:
                 seen.update(dict.fromkeys(per_task))
         return list(seen)
 

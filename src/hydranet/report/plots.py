@@ -105,11 +105,11 @@ def plot_all(
                     x, y = _series(hist, lambda log: log.metrics.get(split, {}).get(task, {}).get(metric))
                     arrow = {True: " ↑", False: " ↓"}.get(METRICS[metric].higher_is_better, "") if metric in METRICS else ""
                     ax.plot(x, y, marker="o", markersize=3, label=f"{split} {metric}{arrow}")
-            single, metric = baseline_histories.get(task), mains.get(task)
-            if single is not None and metric is not None:
-                x, y = _series(as_history(single), lambda log: log.metrics.get("val", {}).get(task, {}).get(metric))
+            single, main = baseline_histories.get(task), mains.get(task)
+            if single is not None and main is not None:
+                x, y = _series(as_history(single), lambda log: log.metrics.get("val", {}).get(task, {}).get(main))
                 if x:
-                    ax.plot(x, y, linestyle="--", color="0.35", label=f"single-task val {metric}")
+                    ax.plot(x, y, linestyle="--", color="0.35", label=f"single-task val {main}")
             _finish(ax, task, "metric", best)
         figures["metrics"] = _save(fig, out / "metrics.png")
 

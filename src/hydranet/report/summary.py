@@ -66,7 +66,7 @@ def _main_names(
     for task, values in scores.items():
         if task in chosen:
             name = chosen[task]
-        elif task in tasks and (tasks[task].metrics is None or len(tasks[task].metrics) > 0):
+        elif task in tasks and (tasks[task].metrics is None or len(tasks[task].metrics or ()) > 0):
             name = main_metric(tasks[task])[0]
         else:
             name = next(iter(values))  # MultiTaskMetrics lists the main metric first

@@ -12,7 +12,7 @@ and single-task baselines.
 """
 
 from hydranet.runtime import is_main_process
-from hydranet.train._setup import OPTIMIZERS, SCHEDULERS
+from hydranet.train._setup import OPTIMIZERS, SCHEDULERS, make_balancer, make_optimizer, select_tasks
 from hydranet.train.callbacks import Callback, Checkpointing, EarlyStopping, LogFiles, WriteReport
 from hydranet.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from hydranet.train.step import NonFiniteLossError, Step, StepOutput
@@ -32,6 +32,9 @@ __all__ = [
     "WriteReport",
     "is_main_process",
     "load_checkpoint",
+    "make_balancer",
+    "make_optimizer",
     "save_checkpoint",
     "seed_everything",
+    "select_tasks",
 ]

@@ -4,7 +4,7 @@ selection, the balancer, the optimizer, the scheduler, AMP, the monitored value 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ CHECKPOINT_MODES = ("last+best", "last", "best", "none")
 AMP_MODES = (None, "bf16", "fp16")
 
 #: Optimizers by name: ``(class, default options)``.
-OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
+OPTIMIZERS: dict[str, tuple[Callable[..., Optimizer], dict[str, Any]]] = {
     "sgd": (torch.optim.SGD, {"momentum": 0.9}),
     "adam": (torch.optim.Adam, {}),
     "adamw": (torch.optim.AdamW, {}),

@@ -116,7 +116,7 @@ class TaskView:
             present = mask is not None and bool(mask.any())
             if not runtime.count([present])[0]:
                 continue
-            if not present:  # other ranks have the task: this rank comes with no sample of it
+            if mask is None or not present:  # other ranks have the task: this rank comes with no sample of it
                 yield Batch(_take_rows(batch.inputs, torch.zeros(0, dtype=torch.long)), {}, {}, None)
                 continue
             rows = mask.nonzero().squeeze(1)

@@ -31,7 +31,7 @@ import contextlib
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -141,10 +141,13 @@ class StepOutput:
             task was in it (then nothing was computed and no gradient written).
         info: the balancer's diagnostics (``losses`` as floats, ``weights``, ``grad_norms``,
             ``cosines``, ...), as :meth:`hydranet.balancing.Balancer.backward` returns them.
+        objective: with ``Step(..., backward=False)``: the loss weighting's objective, for the caller's
+            own backward pass (None otherwise, and when no trained task was in the batch).
     """
 
     losses: dict[str, Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    objective: Tensor | None = None
 
 
 def _where(epoch: int | None, position: int | None) -> str:
@@ -187,7 +190,8 @@ class Step:
         lr: float | None = None,
     ) -> None:
         self.model = model
-        self.core = unwrap(model)
+        # Any: the HydraNet contract (tasks, shared_parameters(), task_parameters()), not an nn.Module method
+        self.core: Any = cast(Any, unwrap(model))
         self.tasks = dict(tasks)
         self.balancer = balancer
         if loss is None:
@@ -196,7 +200,7 @@ class Step:
             loss = MultiTaskLoss(list(self.tasks.values()))
         self.loss_fn = loss
         self.optimizer, self.amp, self.scaler, self.grad_clip, self.lr = optimizer, amp, scaler, grad_clip, lr
-        self.device = device if device is not None else next(self.core.parameters()).device
+        self.device: torch.device = device if device is not None else next(self.core.parameters()).device
         self.ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         self.unused = UnusedParameters(
             self.core, self.core.shared_parameters(), {t: self.core.task_parameters(t) for t in self.tasks}
@@ -217,6 +221,7 @@ class Step:
         epoch: int | None = None,
         position: int | None = None,
         global_step: int | None = None,
+        backward: bool = True,
     ) -> StepOutput:
         """Forward, losses and backward of one (micro-)batch; the gradients are added to ``.grad``.
 
@@ -225,6 +230,9 @@ class Step:
             last_in_group: whether this is the last micro-batch before an optimizer step (under DDP the
                 gradients are all-reduced then, inside ``no_sync()`` otherwise).
             epoch, position, global_step: where the loop is, named in errors.
+            backward: ``False`` (loss weightings only): no backward pass; the output's ``objective`` is
+                the scalar to differentiate (:meth:`hydranet.balancing.Balancer.objective`), for a loop
+                that runs the backward pass itself (Lightning's automatic optimization).
 
         Raises:
             NonFiniteLossError: a task loss is NaN or infinite (nothing was written into ``.grad``).
@@ -257,6 +265,9 @@ class Step:
                     first = next(iter(losses))
                     losses = {**losses, first: losses[first] + zero.to(losses[first].dtype)}
             task_params = {t: self.core.task_parameters(t) for t in self.tasks}
+            if not backward:
+                total, lazy = self.balancer.objective(losses, self.core.shared_parameters())
+                return StepOutput(detached, dict(lazy), total)
             info = dict(self.balancer.backward(losses, self.core.shared_parameters(), task_params, features))
             return StepOutput(detached, info)
 
@@ -271,7 +282,11 @@ class Step:
         """``model.no_sync()`` for a DDP backward pass that must not all-reduce."""
         if not self.ddp or synchronised:
             return contextlib.nullcontext()
-        return self.model.no_sync()  # type: ignore[operator]
+        if not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            # ``ddp`` set for a wrapper outside the Step (Lightning's DDP strategy wraps the
+            # LightningModule, not the model): the caller enters that wrapper's no_sync()
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def _agree_on_tasks(self, tasks: list[str], where: str) -> bool:
         """Under DDP: whether some rank has a task in this batch (all ranks then train on it, or all skip
@@ -346,6 +361,14 @@ class Step:
             self.optimizer.step()
         self.zero_grad()
         return norm
+
+    def release_unused(self) -> None:
+        """Under DDP: drop the zero gradients of the heads that no rank's tasks reached since the last
+        optimizer step, and forget those tasks. For a loop that steps the optimizer itself (Lightning):
+        call it before each optimizer step (:meth:`optimizer_step` does the same)."""
+        if self.ddp:
+            self.unused.release(self._group_tasks)
+        self._group_tasks.clear()
 
     def zero_grad(self) -> None:
         """Clear the gradients of the model and the balancer, and the tasks seen since the last step."""

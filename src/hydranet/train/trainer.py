@@ -184,7 +184,7 @@ class Trainer:
         Longer than 80 lines because it validates 27 independent settings, one or two lines each, in
         the order of the signature; the building itself is delegated to :mod:`hydranet.train._setup`.
         """
-        core = _setup.check_contract(unwrap(model))
+        core: Any = _setup.check_contract(unwrap(model))
         self.tasks = _setup.select_tasks(core.tasks, tasks)
         self.device = runtime.device_for(device)
         if not isinstance(model, nn.parallel.DistributedDataParallel):
