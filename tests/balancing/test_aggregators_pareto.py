@@ -147,6 +147,28 @@ def test_cagrad_solves_the_papers_max_min_problem(seed, c):
     assert np.linalg.norm(update - g0) == pytest.approx(c * np.linalg.norm(g0), rel=1e-8)
 
 
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("c", [0.2, 0.5, 0.9])
+def test_cagrad_meets_the_optimality_certificate_of_the_max_min_problem_to_rounding(seed, c):
+    # Sufficient conditions for max_d min_i g_i.d s.t. |d - g0| <= r (Lagrangian duality, independent of the
+    # solver): d = g0 + r g_w / |g_w| with w in the simplex supported on the tasks attaining min_i g_i.d.
+    # Our weights are 1/T + (r / |g_w|) w, so w is read back from them and checked to 1e-10 (SLSQP alone:
+    # ~1e-5, the primal reference above).
+    G = jacobian(seed, 2 + seed % 5, 6, spread=0.5)
+    T, g0 = G.shape[0], G.mean(axis=0)
+    radius = c * np.linalg.norm(g0)
+    weights = CAGrad(c=c, rescale=0).weights(torch.tensor(G)).numpy()
+    w = weights - 1.0 / T
+    assert w.min() >= -1e-12
+    w = w / w.sum()
+    d = G.T @ weights
+    gw = G.T @ w
+    np.testing.assert_allclose(d, g0 + radius * gw / np.linalg.norm(gw), rtol=1e-12, atol=1e-12 * np.abs(G).max())
+    products = G @ d
+    support = w > 1e-9
+    assert products[support].max() - products.min() <= 1e-10 * np.abs(products).max()
+
+
 def test_cagrad_rescaling_options_and_c_zero():
     G = jacobian(1, 3, 4)
     raw = run(CAGrad(c=0.4, rescale=0), G)
