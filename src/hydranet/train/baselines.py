@@ -35,7 +35,8 @@ def _baseline_model(trainer: Trainer, task: Task) -> nn.Module:
     if trainer.model_factory is not None:
         return trainer.model_factory([task])
     model = copy.deepcopy(unwrap(trainer.model))
-    model.load_state_dict(trainer.initial_state)  # type: ignore[arg-type]
+    if trainer.initial_state is not None:  # kept at construction whenever there is no model_factory
+        model.load_state_dict(trainer.initial_state)
     return model
 
 
@@ -46,7 +47,7 @@ def _metrics_of(trainer: Trainer, task: str) -> dict[str, Any] | None:
 def train_baselines(
     trainer: Trainer,
     train_loader: Iterable[Any],
-    val_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
     *,
     epochs: int,
     make_trainer: Callable[..., Trainer],

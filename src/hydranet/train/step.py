@@ -150,6 +150,11 @@ class StepOutput:
     objective: Tensor | None = None
 
 
+def _grads(params: Sequence[Tensor]) -> list[Tensor]:
+    """The gradients of ``params`` that exist."""
+    return [p.grad for p in params if p.grad is not None]
+
+
 def _where(epoch: int | None, position: int | None) -> str:
     if epoch is None:
         return "this batch" if position is None else f"batch {position}"
@@ -338,13 +343,13 @@ class Step:
             return None
         if self.scaler is not None:
             scale = self.scaler.get_scale()
-            for p in own_params:  # their gradient did not pass through the scaled outputs
-                p.grad.mul_(scale)  # type: ignore[union-attr]
+            for grad in _grads(own_params):  # their gradient did not pass through the scaled outputs
+                grad.mul_(scale)
             self.scaler.unscale_(self.optimizer)
         if micro > 1:
             for params in (model_params, own_params):  # one foreach call per device group
                 if params:
-                    torch._foreach_div_([p.grad for p in params], float(micro))  # type: ignore[misc]
+                    torch._foreach_div_(_grads(params), float(micro))
         norm = None
         if self.grad_clip is not None and model_params:
             norm = float(torch.nn.utils.clip_grad_norm_(model_params, self.grad_clip))

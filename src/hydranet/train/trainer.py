@@ -287,7 +287,7 @@ class Trainer:
             check_shards(val_loader, "val_loader", same_length=False)
         state = self._resume_state(resume)
         if self._train_baselines and self.baselines is None and (state is None or state.get("baselines") is None):
-            self.train_baselines(train_loader, val_loader, epochs=epochs)  # type: ignore[arg-type]
+            self.train_baselines(train_loader, val_loader, epochs=epochs)
 
         seed_everything(self.seed)
         self.history, self.global_step, self.epoch = History(), 0, 0
@@ -418,7 +418,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- baselines
 
     def train_baselines(
-        self, train_loader: Iterable[Any], val_loader: Iterable[Any], *, epochs: int | None = None
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, *, epochs: int | None = None
     ) -> dict[str, dict[str, float]]:
         """Train one single-task model per task and keep each one's best validation score of its main
         metric as that task's baseline (``self.baselines``, used for Δm); see
