@@ -332,7 +332,25 @@ class Balancer:
         return self._jacobian_backward(names, stacked, values, shared, task_params, features, losses)
 
     def _weighting_backward(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> StepInfo:
-        """One backward of the weighting's objective; the direct objective when the method has one."""
+        """One backward of the weighting's objective (:meth:`objective`)."""
+        total, info = self.objective(losses, shared_params)
+        total.backward()
+        shared = [p for p in shared_params if p.requires_grad]
+        if shared[-1].grad is None and all(p.grad is None for p in shared):
+            raise _unreached("shared parameters")
+        return info
+
+    def objective(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> tuple[Tensor, StepInfo]:
+        """Loss weightings: the scalar objective whose gradient :meth:`backward` writes, and the step's
+        diagnostics, without the backward pass, for a loop that runs it itself (Lightning's automatic
+        optimization). Under DDP the objective is built for DDP's gradient average over the ranks (see
+        :meth:`~hydranet.balancing.weighting.LossWeighting.combine`). The direct objective when the method
+        has one."""
+        if self.uses_jacobian:
+            raise ValueError(
+                f"{self.name!r} is a gradient method: it computes the task Jacobian and writes the gradients "
+                "itself, so it has no objective to differentiate. Call balancer.backward(...) instead."
+            )
         method = self.method
         names, stacked = fast_stack(losses, self.task_names) if world_size() == 1 else (None, None)
         direct = None
@@ -355,18 +373,15 @@ class Balancer:
             raise ValueError(
                 "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
             )
-        total.backward()
-        if shared[-1].grad is None and all(p.grad is None for p in shared):
-            raise _unreached("shared parameters")
         if direct is not None:
             detached = stacked.detach()
-            return StepInfo(
+            return total, StepInfo(
                 {"tasks": names, "cosines": None, "jacobian": None, "grad_norms": {}},
                 losses=lambda: dict(zip(names, detached.tolist())),
                 total=lambda: float(total.detach()),
                 weights=lambda: dict(zip(names, weights_of().tolist())),
             )
-        return StepInfo(
+        return total, StepInfo(
             {
                 "tasks": names,
                 "total": value,
