@@ -58,7 +58,7 @@ class Krum(WeightedAggregator):
 
     @property
     def min_rows(self) -> int:
-        """The fewest gradients a call accepts: :math:`\max(f + 3, m)`."""
+        r"""The fewest gradients a call accepts: :math:`\max(f + 3, m)`."""
         return max(self.n_byzantine + 3, self.n_selected)
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from hydranet.balancing.aggregators._preference import Preference, check_preference, preference_rows
 from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
 from hydranet.balancing.aggregators.solvers import row_space
 
@@ -89,18 +90,24 @@ class AlignedMTL(WeightedAggregator):
     :math:`1/T` of this); :math:`d(cG) = c\,d(G)`; identical gradients :math:`g` give :math:`Tg`. Stateless.
     Cost: :math:`O(T^2P + T^3)`.
 
+    With a preference vector :math:`p` (TorchJD's ``pref_vector``) the aligned rows are combined with
+    :math:`p` instead of :math:`\mathbf 1`: :math:`d = p^\top\hat G = (Bp)^\top G`, TorchJD's update for the
+    same :math:`p` (its default :math:`p = \mathbf 1/T` is the mean).
+
     Args:
         scale_mode: ``"min"``, ``"median"`` or ``"rmse"``.
+        pref_vector: one finite weight per task of the task list, or ``None`` (1 each).
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
     SCALE_MODES = ("min", "median", "rmse")
 
-    def __init__(self, *, scale_mode: str = "min", normalize: bool = False) -> None:
+    def __init__(self, *, scale_mode: str = "min", pref_vector: Preference = None, normalize: bool = False) -> None:
         super().__init__(normalize=normalize)
         if scale_mode not in self.SCALE_MODES:
             raise ValueError(f"AlignedMTL scale_mode must be one of {', '.join(self.SCALE_MODES)}, got {scale_mode!r}.")
         self.scale_mode = scale_mode
+        self.pref_vector = check_preference(pref_vector, "AlignedMTL")
 
     gramian_only = True  # the weights read G only through K = G G^T
 
@@ -115,7 +122,7 @@ class AlignedMTL(WeightedAggregator):
         sigma = np.sqrt(values)
         target = {"min": sigma.min(), "median": np.median(sigma), "rmse": np.sqrt(values.mean())}[self.scale_mode]
         balance = target * (vectors / sigma[None, :]) @ vectors.T
-        return balance.sum(axis=1)
+        return balance @ preference_rows(self.pref_vector, tasks, 1.0, "AlignedMTL")
 
 
 class ConFIG(WeightedAggregator):
@@ -135,20 +142,33 @@ class ConFIG(WeightedAggregator):
     same for every task and positive, so :math:`Gd > 0`. Scale: the **sum of the projections** (for
     identical gradients :math:`g`, :math:`d = Tg`); :math:`d(cG) = c\,d(G)`. Stateless. Cost:
     :math:`O(T^2P + T^3)`.
+
+    With a preference vector :math:`p` (TorchJD's ``pref_vector``) the direction solves
+    :math:`\hat G x = p` (cosines proportional to :math:`p`), :math:`x = \hat G^{+}p`; the length is still
+    :math:`\sum_i g_i\cdot\hat x` (as TorchJD). The default is :math:`p = \mathbf 1`.
+
+    Args:
+        pref_vector: one finite weight per task of the task list, or ``None`` (1 each).
+        normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
     gramian_only = True  # the weights read G only through K = G G^T
 
+    def __init__(self, *, pref_vector: Preference = None, normalize: bool = False) -> None:
+        super().__init__(normalize=normalize)
+        self.pref_vector = check_preference(pref_vector, "ConFIG")
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
+        pref = preference_rows(self.pref_vector, tasks, 1.0, "ConFIG")
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
         inverse = np.divide(1.0, norms, out=np.zeros(size), where=norms > 0)
         cosines = gramian * inverse[:, None] * inverse[None, :]
         vectors, roots = row_space(cosines, precision(matrix.dtype))
-        along = vectors.sum(axis=0)  # V^T 1: 1 orthogonal to the row space (e.g. opposite gradients) means x = 0
-        if float(np.linalg.norm(along)) <= np.sqrt(size) * max(size, 16) * precision(matrix.dtype):
+        along = vectors.T @ pref  # V^T p: p orthogonal to the row space (e.g. opposite gradients, p = 1) means x = 0
+        if float(np.linalg.norm(along)) <= float(np.linalg.norm(pref)) * max(size, 16) * precision(matrix.dtype):
             return np.zeros(size)
-        solution = vectors @ (along / roots**2)  # (G^ G^^T)^+ 1
+        solution = vectors @ (along / roots**2)  # (G^ G^^T)^+ p
         coef = solution * inverse  # x = sum_i coef_i g_i
         squared = float(coef @ gramian @ coef)
         if squared <= 0.0:

@@ -11,6 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 from torch import Tensor
 
+from hydranet.balancing.aggregators._preference import Preference, check_preference, preference_rows
 from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
 from hydranet.balancing.aggregators.solvers import dual_cone_weights, min_norm_simplex
 
@@ -51,13 +52,25 @@ class UPGrad(WeightedAggregator):
     mean when no pair of gradients conflicts (then every :math:`\pi(g_i) = g_i`). Scale: the **mean** of the
     projections (TorchJD's convention with the uniform preference vector), :math:`d(cG) = c\,d(G)`.
     Stateless. Cost: :math:`O(T^2P)` plus :math:`T` NNLS problems of size :math:`T`.
+
+    With a preference vector :math:`p` (TorchJD's ``pref_vector``): :math:`d = \sum_i \pi(p_i g_i)`
+    (:math:`= \sum_i p_i\pi(g_i)` for :math:`p \ge 0`); the default is :math:`p = \mathbf 1/T`.
+
+    Args:
+        pref_vector: one finite weight per task of the task list, or ``None`` (:math:`1/T` each).
+        normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
     gramian_only = True  # the weights read G only through K = G G^T
 
+    def __init__(self, *, pref_vector: Preference = None, normalize: bool = False) -> None:
+        super().__init__(normalize=normalize)
+        self.pref_vector = check_preference(pref_vector, "UPGrad")
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        return dual_cone_weights(gramian, np.eye(size), precision(matrix.dtype)).mean(axis=0)
+        pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "UPGrad")
+        return dual_cone_weights(gramian, np.diag(pref), precision(matrix.dtype)).sum(axis=0)
 
 
 class DualProj(WeightedAggregator):
@@ -68,13 +81,25 @@ class DualProj(WeightedAggregator):
     Guarantees :math:`Gd \ge 0`; equals the mean when the mean conflicts with no task. Scale: the
     projection of the **mean** gradient, :math:`d(cG) = c\,d(G)`. Stateless. Cost: :math:`O(T^2P)` plus one
     NNLS problem of size :math:`T`.
+
+    With a preference vector :math:`p` (TorchJD's ``pref_vector``): :math:`d = \pi(\sum_i p_i g_i)`; the
+    default is :math:`p = \mathbf 1/T`.
+
+    Args:
+        pref_vector: one finite weight per task of the task list, or ``None`` (:math:`1/T` each).
+        normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
     gramian_only = True  # the weights read G only through K = G G^T
 
+    def __init__(self, *, pref_vector: Preference = None, normalize: bool = False) -> None:
+        super().__init__(normalize=normalize)
+        self.pref_vector = check_preference(pref_vector, "DualProj")
+
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
-        return dual_cone_weights(gramian, np.full((1, size), 1.0 / size), precision(matrix.dtype))[0]
+        pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "DualProj")
+        return dual_cone_weights(gramian, pref[None, :], precision(matrix.dtype))[0]
 
 
 class CAGrad(WeightedAggregator):
