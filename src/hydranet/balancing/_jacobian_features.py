@@ -130,7 +130,9 @@ def trunk_jacobian(
     ``as_blocks``: the ``[k, P_j]`` blocks of the parameters instead of their concatenation (no copy)."""
     k = jf[0].shape[0]
     ref = shared[0]
-    chunks = _chunks(k, chunk_size)
+    # Default from 16 rows on: quarters, so that the batched activation gradients stay a fraction of
+    # G (measured: -25% peak memory at 40 tasks for a few % of time).
+    chunks = _chunks(k, chunk_size or (-(-k // 4) if k >= 16 else None))
     reached = [False] * len(shared)
     if len(chunks) == 1:
         grads = _trunk_rows(feats, jf, shared, chunks[0], batched)

@@ -183,8 +183,9 @@ class Balancer:
             methods only). ``info["jacobian"]`` reports the path of each step.
         normalize: divide each task's gradient by its norm before aggregating (gradient methods only).
         name: the method's name, for messages and checkpoints.
-        chunk_size: rows of the feature Jacobian per batched backward through the trunk (``None``: all;
-            the Gramian path defaults to an eighth of them), like TorchJD's ``parallel_chunk_size``.
+        chunk_size: rows of the feature Jacobian per batched backward through the trunk, like TorchJD's
+            ``parallel_chunk_size`` (``None``: all rows below 16 tasks, a quarter of them from 16 on; an
+            eighth on the Gramian path).
         gramian_above: bytes of :math:`G` above which ``"auto"`` takes the Gramian path.
         gramian_block: Jacobian entries (tasks x parameters) the Gramian path holds at a time.
     """
