@@ -28,6 +28,9 @@ CASES = [
     ("nash_mtl", "representation"),
     ("gls", None),
     ("uw", None),
+    ("imtl", "vmap"),  # IMTL-L's scale gradient from the rank-averaged losses
+    ("cosmos", None),
+    ("pbi", None),
 ]
 
 
