@@ -244,14 +244,14 @@ class MultiTaskModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         batch = _as_batch(batch)
         self.step.device = self.device
-        where = {"epoch": self.current_epoch, "position": batch_idx + 1, "global_step": self.global_step}
+        epoch, position, step = self.current_epoch, batch_idx + 1, self.global_step  # named in errors
         if self.automatic_optimization:
-            out = self.step(batch, backward=False, **where)
+            out = self.step(batch, backward=False, epoch=epoch, position=position, global_step=step)
             self._record(out, len(batch))
             return out.objective  # None when no rank had a trained task: Lightning skips the step
         optimizer = self.optimizers()
         with self._no_sync():
-            out = self.step(batch, **where)
+            out = self.step(batch, epoch=epoch, position=position, global_step=step)
         self._record(out, len(batch))
         if out.losses:  # every rank agrees (the step raised otherwise)
             optimizer.step()  # type: ignore[union-attr]
