@@ -269,6 +269,11 @@ def validate_config(raw: Any, source: Path | None = None) -> Config:
     if "name" not in balancer or not isinstance(balancer["name"], str):
         raise ConfigError("'balancer.name' is required: a weighting (ew, uw, dwa, ...) or an aggregator (pcgrad, upgrad, ...).")
     data = _check_data(top["data"], list(tasks))
+    from hydranet.balancing import WEIGHTINGS  # bilevel weightings (auto_lambda) learn their weights on val batches
+
+    method = WEIGHTINGS.get(str(balancer["name"]).strip().lower().replace("-", "_"))
+    if getattr(method, "needs_validation", False) and not {"val", "split"} & set(data):
+        raise ConfigError(f"'balancer: {balancer['name']}' learns its task weights on validation batches: add data.val or data.split.")
     return Config(
         seed=top["seed"],
         output=top["output"],

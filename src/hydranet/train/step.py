@@ -276,6 +276,32 @@ class Step:
             info = dict(self.balancer.backward(losses, self.core.shared_parameters(), task_params, features))
             return StepOutput(detached, info)
 
+    def meta_step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
+        """The meta-step hook of bilevel weightings (``balancer.method.needs_validation``, e.g. ``auto_lambda``):
+        hands the weighting a :class:`~hydranet.balancing.MetaContext` whose closures compute the task
+        losses of ``train_batch`` and ``val_batch`` at the model's current parameters (unwrapped model: no
+        DDP hooks; no autocast), and returns what the weighting's ``meta_step`` returns (its new weights).
+        The :class:`~hydranet.train.Trainer` calls it every ``meta_every`` optimizer steps with the next
+        batch of its ``val_loader``; a loop of your own calls it the same way, before the step's call."""
+        from hydranet.balancing import MetaContext
+
+        hook = getattr(self.balancer.method, "meta_step", None)
+        if hook is None:
+            raise TypeError(f"{self.balancer.name!r} has no meta-step: only bilevel weightings (e.g. 'auto_lambda') do.")
+        train_batch = train_batch.to(self.device, non_blocking=True)
+        val_batch = val_batch.to(self.device, non_blocking=True)
+
+        def losses(batch: Batch) -> dict[str, Tensor]:
+            tasks = [t for t in batch.tasks if t in self.tasks]
+            if not tasks:
+                return {}
+            outputs = {t: o.float() for t, o in self.core(batch.inputs, tasks=tasks).items()}
+            return {t: v for t, v in self.loss_fn(outputs, batch.targets, batch.masks).items() if t in self.tasks}
+
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        context = MetaContext(lambda: losses(train_batch), lambda: losses(val_batch), params, self.optimizer)
+        return hook(context)
+
     def synchronised(self, last_in_group: bool) -> bool:
         """Whether DDP all-reduces the gradients of this backward pass: not outside DDP, not when the
         balancer reduces the gradients itself (gradient methods average the task Jacobian over the ranks),

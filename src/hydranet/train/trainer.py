@@ -66,6 +66,7 @@ from hydranet.tasks import Task
 from hydranet.train import _setup
 from hydranet.train._evaluation import evaluate_loader, predict_loader
 from hydranet.train._means import Means
+from hydranet.train._meta import MetaSchedule
 from hydranet.train.baselines import train_baselines
 from hydranet.train.callbacks import Callback, CallbackList, Checkpointing, EarlyStopping, LogFiles, write_run_report
 from hydranet.train.checkpoint import epoch_iterator, load_into, read_resume, restore, seed_everything, training_state
@@ -299,6 +300,7 @@ class Trainer:
         resume_at = restore(self, state) if state is not None else None
         start = self.epoch
         self.should_stop = False
+        self._meta = MetaSchedule.of(self.step, val_loader)  # bilevel weightings: meta-steps on val batches
         callbacks = _fit_callbacks(self)
         callbacks.on_fit_start(self)
         try:
@@ -348,8 +350,11 @@ class Trainer:
             for raw in iterator:
                 position += 1
                 stepped = micro + 1 == self.accumulate or position == n_batches
+                batch = as_batch(raw)
+                if micro == 0 and getattr(self, "_meta", None) is not None:
+                    self._meta(batch, self.global_step)
                 out = self.step(
-                    as_batch(raw), last_in_group=stepped, epoch=epoch, position=position, global_step=self.global_step
+                    batch, last_in_group=stepped, epoch=epoch, position=position, global_step=self.global_step
                 )
                 info = out.info
                 micro += 1

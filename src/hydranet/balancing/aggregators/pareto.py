@@ -70,7 +70,10 @@ class UPGrad(WeightedAggregator):
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "UPGrad")
-        return dual_cone_weights(gramian, np.diag(pref), precision(matrix.dtype)).sum(axis=0)
+        # pi is positively homogeneous: pi(p_i g_i) = |p_i| pi(sign(p_i) g_i), so the solves see unit targets
+        # (the solver's tolerances are relative to them) whatever the scale of p
+        signs = np.where(pref < 0, -1.0, 1.0)
+        return np.abs(pref) @ dual_cone_weights(gramian, np.diag(signs), precision(matrix.dtype))
 
 
 class DualProj(WeightedAggregator):
