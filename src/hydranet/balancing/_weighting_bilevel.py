@@ -72,8 +72,8 @@ class AutoLambda(LossWeighting):
     gradients of the virtual step, of the validation loss and the finite-difference losses are averaged over
     the ranks: with the same batch size on every rank and every task on every rank this is the meta-step of
     one process on the concatenated batches; every rank holds the same :math:`\lambda`. Scale: that of
-    :math:`\lambda` (not normalised). State: :math:`\lambda`, the Adam moments and step counts. Cost of a
-    meta-step: five forward and three backward passes of the model.
+    :math:`\lambda` (not normalised). State: :math:`\lambda`, the Adam moments and step counts. Cost: one
+    backward per step, and per meta-step five forward and three backward passes of the model.
 
     Args:
         primary: the tasks whose validation loss is minimised (default all: the multi-task setting).
