@@ -16,20 +16,18 @@ a shared dataset), with a :class:`~hydranet.data.labels.LabelScanWarning`. Both 
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset
 
 from hydranet.data._collate import Batch
+from hydranet.data._tensor_batch import TensorPart, tensor_base, tensor_batch
 from hydranet.data.labels import (
-    CLASS_KINDS,
     as_label_array,
     check_labels,
     is_missing,
@@ -40,21 +38,11 @@ from hydranet.data.labels import (
     stack_labels,
     tensor_label_columns,
 )
-from hydranet.tasks import MISSING_INT, Task, as_task_dict
+from hydranet.tasks import Task, as_task_dict
 
 __all__ = ["MultiTaskDataset"]
 
 Sample = tuple[Any, dict[str, Any]]
-
-
-@dataclass
-class _TensorPart:
-    """A part backed by a TensorDataset, for batches made by fancy indexing."""
-
-    inputs: Tensor
-    labels: list[Tensor]  # one per task of the part (views of the TensorDataset's tensors)
-    kinds: list[str | None]  # each task's kind: which values of a batch are missing (decided per batch)
-    rows: Tensor | None  # the TensorDataset rows a Subset selects (None: all, in order)
 
 
 def _check_dataset(dataset: Any, what: str) -> Any:
@@ -81,21 +69,6 @@ def _check_dataset(dataset: Any, what: str) -> Any:
     return dataset
 
 
-def _tensor_base(dataset: Any) -> tuple[TensorDataset, np.ndarray | None] | None:
-    """The TensorDataset under ``dataset`` (through Subsets) and the rows it selects, or None.
-
-    A subclass that overrides ``__getitem__`` (a transform, say) is not indexed around."""
-    if isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__:
-        return dataset, None
-    if isinstance(dataset, Subset) and type(dataset).__getitem__ is Subset.__getitem__:
-        found = _tensor_base(dataset.dataset)
-        if found is not None:
-            base, rows = found
-            index = np.asarray(dataset.indices, dtype=np.int64)
-            return base, index if rows is None else rows[index]
-    return None
-
-
 class _LazyIndices:
     """The dataset index of the k-th labelled sample, computed only when a message needs one."""
 
@@ -106,24 +79,59 @@ class _LazyIndices:
         return int(np.flatnonzero(self._labelled)[k])
 
 
-def _missing_rows_torch(values: Tensor, kind: str | None) -> Tensor:
-    """``[b]`` bool, True where a batch row is a missing-label marker: :func:`missing_mask`'s rules on a
-    tensor, on its own device (no copy to the CPU)."""
-    flat = values.reshape(len(values), -1)
-    if flat.shape[1] == 0:
-        return torch.zeros(len(values), dtype=torch.bool, device=values.device)
-    if flat.is_floating_point():
-        missing = torch.isnan(flat).all(dim=1)
-        if kind in CLASS_KINDS:
-            missing |= (flat == MISSING_INT).all(dim=1)
-        return missing
-    if flat.dtype.is_signed and not flat.is_complex() and kind != "regression":  # signed integers ("i")
-        return (flat == MISSING_INT).all(dim=1)
-    return torch.zeros(len(values), dtype=torch.bool, device=values.device)  # unsigned, bool: never missing
-
-
 def _show(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _part_tasks(tasks: Any, names: list[str]) -> dict[str, Task]:
+    """``tasks=`` of ``MultiTaskDataset({task: dataset})``: one Task per dataset, named like its key."""
+    if isinstance(tasks, Task):
+        tasks = [tasks]
+    given = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    if any(isinstance(t, str) for t in given):
+        raise TypeError(
+            "In MultiTaskDataset({task: dataset}) the task names are the mapping's keys; tasks= gives their "
+            "hydranet.Task objects, e.g. tasks=[hn.Task('digits', 'multiclass', num_classes=10), ...]."
+        )
+    known = as_task_dict(given)
+    missing = [n for n in names if n not in known]
+    unknown = [n for n in known if n not in names]
+    if missing or unknown:
+        raise ValueError(
+            f"tasks= must hold one Task per dataset, named like the keys {names}; missing {missing}, "
+            f"unknown {unknown}."
+        )
+    return {n: known[n] for n in names}
+
+def _shared_tasks(tasks: Any) -> tuple[list[str], dict[str, Task] | None]:
+    """``tasks=`` of :meth:`MultiTaskDataset.shared`: ``(names, {name: Task} or None for names only)``."""
+    if isinstance(tasks, (str, Task)):
+        raise TypeError(
+            f"tasks= takes a list of tasks, got a single {type(tasks).__name__}: write tasks=[{tasks!r}]."
+        )
+    if isinstance(tasks, Mapping):
+        renamed = [k for k, t in tasks.items() if not isinstance(t, Task) or t.name != k]
+        if renamed:
+            raise ValueError(
+                f"tasks= as a mapping must be {{name: Task with that name}}; check the keys {renamed}."
+            )
+        tasks = list(tasks.values())
+    given = list(tasks)
+    if not given:
+        raise ValueError(
+            "MultiTaskDataset.shared needs at least one task: tasks=['age', 'gender'] or Task objects."
+        )
+    if all(isinstance(t, Task) for t in given):
+        task_dict = as_task_dict(given)
+        return list(task_dict), task_dict
+    if all(isinstance(t, str) and t for t in given):
+        if len(set(given)) != len(given):
+            raise ValueError(f"Duplicate task names in tasks={given}: task names must be unique.")
+        return given, None
+    raise TypeError(
+        f"tasks= must be all names or all hydranet.Task objects, got {[type(t).__name__ for t in given]}; "
+        "give Task objects for every task to have labels checked."
+    )
 
 
 class MultiTaskDataset(Dataset):
@@ -162,7 +170,7 @@ class MultiTaskDataset(Dataset):
         if bad:
             raise TypeError(f"Task names must be non-empty strings; got {bad!r} as keys of the datasets mapping.")
         parts = [_check_dataset(d, f"The dataset of task {n!r}") for n, d in datasets.items()]
-        task_dict = None if tasks is None else self._check_part_tasks(tasks, names)
+        task_dict = None if tasks is None else _part_tasks(tasks, names)
         self._setup(names, parts, shared=False, tasks=task_dict, labels=labels)
 
     @classmethod
@@ -183,7 +191,7 @@ class MultiTaskDataset(Dataset):
             labels: ``{task: array}`` of ``len(dataset)`` labels in item order (missing values
                 allowed), for columns the dataset cannot give cheaply.
         """
-        names, task_dict = cls._check_shared_tasks(tasks)
+        names, task_dict = _shared_tasks(tasks)
         self = cls.__new__(cls)
         self._setup(names, [_check_dataset(dataset, "The shared dataset")], shared=True, tasks=task_dict, labels=labels)
         return self
@@ -213,56 +221,6 @@ class MultiTaskDataset(Dataset):
         self._labelled: dict[str, np.ndarray] = {}  # bool [n] of a shared task with missing labels
         self._labels: dict[str, np.ndarray] = {}
         self._resolve(self._names, scan=False)
-
-    @staticmethod
-    def _check_part_tasks(tasks: Any, names: list[str]) -> dict[str, Task]:
-        if isinstance(tasks, Task):
-            tasks = [tasks]
-        given = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
-        if any(isinstance(t, str) for t in given):
-            raise TypeError(
-                "In MultiTaskDataset({task: dataset}) the task names are the mapping's keys; tasks= gives their "
-                "hydranet.Task objects, e.g. tasks=[hn.Task('digits', 'multiclass', num_classes=10), ...]."
-            )
-        known = as_task_dict(given)
-        missing = [n for n in names if n not in known]
-        unknown = [n for n in known if n not in names]
-        if missing or unknown:
-            raise ValueError(
-                f"tasks= must hold one Task per dataset, named like the keys {names}; missing {missing}, "
-                f"unknown {unknown}."
-            )
-        return {n: known[n] for n in names}
-
-    @staticmethod
-    def _check_shared_tasks(tasks: Any) -> tuple[list[str], dict[str, Task] | None]:
-        if isinstance(tasks, (str, Task)):
-            raise TypeError(
-                f"tasks= takes a list of tasks, got a single {type(tasks).__name__}: write tasks=[{tasks!r}]."
-            )
-        if isinstance(tasks, Mapping):
-            renamed = [k for k, t in tasks.items() if not isinstance(t, Task) or t.name != k]
-            if renamed:
-                raise ValueError(
-                    f"tasks= as a mapping must be {{name: Task with that name}}; check the keys {renamed}."
-                )
-            tasks = list(tasks.values())
-        given = list(tasks)
-        if not given:
-            raise ValueError(
-                "MultiTaskDataset.shared needs at least one task: tasks=['age', 'gender'] or Task objects."
-            )
-        if all(isinstance(t, Task) for t in given):
-            task_dict = as_task_dict(given)
-            return list(task_dict), task_dict
-        if all(isinstance(t, str) and t for t in given):
-            if len(set(given)) != len(given):
-                raise ValueError(f"Duplicate task names in tasks={given}: task names must be unique.")
-            return given, None
-        raise TypeError(
-            f"tasks= must be all names or all hydranet.Task objects, got {[type(t).__name__ for t in given]}; "
-            "give Task objects for every task to have labels checked."
-        )
 
     def _size(self, task: str) -> int:
         k = 0 if self._shared else self._names.index(task)
@@ -296,8 +254,8 @@ class MultiTaskDataset(Dataset):
             out[name] = array
         return out
 
-    def _tensor_part(self, k: int) -> _TensorPart | None:
-        found = _tensor_base(self._parts[k])
+    def _tensor_part(self, k: int) -> TensorPart | None:
+        found = tensor_base(self._parts[k])
         if found is None:
             return None
         base, rows = found
@@ -316,10 +274,10 @@ class MultiTaskDataset(Dataset):
                 "must be (x, y): use TensorDataset(inputs, labels), or MultiTaskDataset.shared(...) for several "
                 "labels per item."
             )
-        # Which rows of a batch are labelled is decided per batch (_missing_rows_torch, the rules of
+        # Which rows of a batch are labelled is decided per batch (missing_rows, the rules of
         # missing_mask): a mask per task and sample kept here would cost as much as an int8 label matrix.
         kinds = [self._kind(name) for name in names]
-        return _TensorPart(base.tensors[0], columns, kinds, None if rows is None else torch.from_numpy(rows))
+        return TensorPart(base.tensors[0], columns, kinds, None if rows is None else torch.from_numpy(rows))
 
     # -- labels and indices ----------------------------------------------------------------------------
     def _kind(self, task: str) -> str | None:
@@ -529,62 +487,12 @@ class MultiTaskDataset(Dataset):
         return out
 
     def _tensor_batch(self, index: np.ndarray, part_of: np.ndarray, parts: list[int]) -> Batch | None:
-        """The batch by fancy indexing, or None where a part is not tensor-backed (or inputs differ in
-        shape, which ``collate`` reports)."""
-        fast = [self._fast[p] for p in parts]
-        if any(f is None for f in fast):
+        """The batch by fancy indexing (:func:`~hydranet.data._tensor_batch.tensor_batch`), or None where a
+        part is not tensor-backed, a task is ragged or the inputs differ in shape."""
+        fast = [f for f in (self._fast[p] for p in parts) if f is not None]
+        if len(fast) < len(parts):
             return None
-        names = self._names if self._shared else [self._names[p] for p in parts]
-        if self._tasks and any(self._tasks[t].ragged for t in names):
+        names = [self._names if self._shared else [self._names[p]] for p in parts]
+        if self._tasks and any(self._tasks[t].ragged for part in names for t in part):
             return None  # ragged tasks are collated as lists
-        shape = fast[0].inputs.shape[1:]  # type: ignore[union-attr]
-        if any(f.inputs.shape[1:] != shape for f in fast):  # type: ignore[union-attr]
-            return None
-        size = len(index)
-        whole = torch.from_numpy(index)
-        if len(parts) == 1:
-            spots = [None]  # the part fills the whole batch
-            inputs = None
-        else:
-            spots = [np.flatnonzero(part_of == p) for p in parts]
-            dtype = functools.reduce(torch.promote_types, [f.inputs.dtype for f in fast])  # type: ignore[union-attr]
-            inputs = torch.empty((size, *shape), dtype=dtype, device=fast[0].inputs.device)  # type: ignore[union-attr]
-        targets: dict[str, Tensor] = {}
-        masks: dict[str, Tensor] = {}
-        first: dict[str, tuple[int, int]] = {}  # task -> (first labelled row, task position): collate's order
-        for p, part, spot in zip(parts, fast, spots):
-            local = torch.from_numpy((index if spot is None else index[spot]) - self._offsets[p])
-            source = local if part.rows is None else part.rows[local]  # type: ignore[union-attr]
-            spot = None if spot is None else torch.from_numpy(spot)
-            if inputs is None:
-                inputs = part.inputs[source]  # type: ignore[union-attr]
-            else:
-                inputs[spot] = part.inputs[source].to(inputs.dtype)  # type: ignore[union-attr]
-            part_names = self._names if self._shared else [self._names[p]]
-            for k, name in enumerate(part_names):
-                values = part.labels[k][source]  # type: ignore[union-attr]
-                missing = _missing_rows_torch(values, part.kinds[k])  # type: ignore[union-attr]
-                own = None if not bool(missing.any()) else ~missing  # None: every row labelled
-                if own is not None:
-                    if not bool(own.any()):
-                        continue
-                    if bool(own.all()):
-                        own = None
-                    else:
-                        values[~own] = 0  # collate's filler (values is a fresh copy)
-                if spot is None:
-                    mask = torch.ones(size, dtype=torch.bool) if own is None else own
-                else:  # rows of the other parts are unlabelled for this part's task
-                    spread = values.new_zeros((size, *values.shape[1:]))
-                    spread[spot] = values
-                    mask = torch.zeros(size, dtype=torch.bool)
-                    mask[spot] = True if own is None else own
-                    values = spread
-                targets[name], masks[name] = values, mask
-                if own is not None:
-                    row = int(torch.argmax(mask.to(torch.uint8)))
-                else:
-                    row = 0 if spot is None else int(spot[0])
-                first[name] = (row, k if self._shared else p)
-        order = sorted(first, key=first.__getitem__)
-        return Batch(inputs, {t: targets[t] for t in order}, {t: masks[t] for t in order}, whole)
+        return tensor_batch(index, part_of, parts, fast, names, self._offsets, self._shared)
