@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from hydranet._version import __version__
+from hydranet.cli import _console
 from hydranet.cli._codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 __all__ = ["DISTRIBUTED_COMMANDS", "build_parser", "main"]
@@ -59,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-size", type=int, default=None, help="number of training pairs (default: 20000)")
     demo.add_argument("--batches", type=int, default=None, help="batches per epoch (default: 200)")
     demo.add_argument("--no-baselines", action="store_true", help="skip the single-task baselines (no Δm)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _console.add_arguments(demo)
 
     train = sub.add_parser("train", help="train from a YAML config", description="Train from a YAML config.")
     train.add_argument("config", help="YAML config file")
     train.add_argument("--out", default=None, help="output folder (default: the config's 'output')")
     train.add_argument("--resume", default=None, help="'last' or a checkpoint path to continue from")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _console.add_arguments(train)
     _add_overrides(train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of a config's data")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument("--json", action="store_true", help="print metrics as JSON")
     _add_overrides(evaluate)
+    _console.add_arguments(evaluate, progress=False)
 
     predict = sub.add_parser("predict", help="write predictions of a checkpoint for a split to CSV")
     predict.add_argument("config", help="YAML config file")
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--split", default="test", choices=("train", "val", "test"))
     predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
     _add_overrides(predict)
+    _console.add_arguments(predict, progress=False)
 
     inspect = sub.add_parser(
         "inspect",
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="loader and balancer throughput on this machine")
     bench.add_argument("--quick", action="store_true", help="smaller sizes")
+    _console.add_arguments(bench, progress=False)
     return parser
 
 
@@ -104,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # Warnings, log lines and threads (OMP_WAIT_POLICY before torch is imported): hydranet.cli._console.
+    _console.setup(args)
     from hydranet.runtime import launched_world_size
 
     processes = launched_world_size()

@@ -4,8 +4,8 @@ and single-task baselines.
 * :mod:`~hydranet.train.step`: :class:`Step` (forward, masked losses, balancer backward, guards, DDP's
   unused heads), reusable by a LightningModule or your own loop;
 * :mod:`~hydranet.train.trainer`: :class:`Trainer` (fit / evaluate / predict / report);
-* :mod:`~hydranet.train.callbacks`: :class:`Callback` and the built-ins (early stopping, log files,
-  checkpoints, report);
+* :mod:`~hydranet.train.callbacks`: :class:`Callback` and the built-ins (progress on the console,
+  early stopping, log files, checkpoints, report);
 * :mod:`~hydranet.train.checkpoint`: atomic, verified checkpoint files and random states;
 * :mod:`~hydranet.train.baselines`: single-task baselines and Δm against them;
 * :mod:`~hydranet.train.loaders`: what the loop needs to know of a loader.
@@ -13,7 +13,7 @@ and single-task baselines.
 
 from hydranet.runtime import is_main_process
 from hydranet.train._setup import OPTIMIZERS, SCHEDULERS, make_balancer, make_optimizer, select_tasks
-from hydranet.train.callbacks import Callback, Checkpointing, EarlyStopping, LogFiles, WriteReport
+from hydranet.train.callbacks import Callback, Checkpointing, EarlyStopping, LogFiles, Progress, WriteReport
 from hydranet.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from hydranet.train.step import NonFiniteLossError, Step, StepOutput
 from hydranet.train.trainer import Trainer
@@ -25,6 +25,7 @@ __all__ = [
     "LogFiles",
     "NonFiniteLossError",
     "OPTIMIZERS",
+    "Progress",
     "SCHEDULERS",
     "Step",
     "StepOutput",

@@ -91,6 +91,7 @@ def train_baselines(
             seed=trainer.seed,
             log_every=trainer.log_every,
         )
+        child.progress_label = f"baseline {task}: "  # read by the Progress callback
         if runtime.is_main_process():
             logger.info("training the single-task baseline of %r (%s)", task, metric)
         child.fit(TaskView(train_loader, task), TaskView(val_loader, task), epochs=epochs)

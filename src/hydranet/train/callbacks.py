@@ -1,9 +1,11 @@
 """Hooks into :class:`~hydranet.train.Trainer`: subclass :class:`Callback` and override what you need.
 
-Built-in callbacks: :class:`EarlyStopping` (patience on the monitored value), :class:`LogFiles`
-(``metrics.csv`` and TensorBoard), :class:`Checkpointing` (``last.pt`` / ``best.pt``, also within
-epochs) and :class:`WriteReport` (the report folder when fitting ends). The trainer builds the first
-three from its settings; ``LogFiles`` runs before the callbacks you give, ``Checkpointing`` after them.
+Built-in callbacks: :class:`Progress` (progress bars and one kept line per epoch on the console),
+:class:`EarlyStopping` (patience on the monitored value), :class:`LogFiles` (``metrics.csv`` and
+TensorBoard), :class:`Checkpointing` (``last.pt`` / ``best.pt``, also within epochs) and
+:class:`WriteReport` (the report folder when fitting ends). The trainer builds the first four from its
+settings (``progress=True``: a :class:`Progress` unless you give one); ``Progress`` and ``LogFiles`` run
+before the callbacks you give, ``Checkpointing`` after them.
 
 The trainer calls, in this order::
 
@@ -24,13 +26,15 @@ and early stopping, Δm, the history and the logs see the edited scores.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hydranet import runtime
+from hydranet._checks import check_int, check_number
 from hydranet.report.history import EpochLog
 from hydranet.report.summary import Report, write_report
 from hydranet.train._evaluation import evaluate_loader
@@ -40,7 +44,16 @@ from hydranet.train.checkpoint import save_epoch_end, save_mid_epoch
 if TYPE_CHECKING:
     from hydranet.train.trainer import Trainer
 
-__all__ = ["Callback", "CallbackList", "Checkpointing", "EarlyStopping", "LogFiles", "WriteReport", "write_run_report"]
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "Checkpointing",
+    "EarlyStopping",
+    "LogFiles",
+    "Progress",
+    "WriteReport",
+    "write_run_report",
+]
 
 
 class Callback:
@@ -96,6 +109,122 @@ class CallbackList:
 
         return dispatch
 
+
+
+class Progress(Callback):
+    """What a person watching the run sees, as Lightning and Keras print it (rank 0 only).
+
+    * One kept line per epoch (:func:`hydranet.report.loggers.format_epoch`): the epoch ``i/N``, its
+      time, the training loss of each task, each task's first validation metric, Δm, and the best
+      monitored value so far, marked ``*`` on the epoch that set it. ``verbose=True`` adds every
+      validation metric and loss, and a second line with the balancer's diagnostics (loss weights,
+      gradient norms, pairwise cosines, learning rate).
+    * In a terminal, a tqdm bar per epoch with the running losses (``leave=False``: the bar goes, the
+      epoch line written with ``tqdm.write`` stays).
+    * Elsewhere (a file, a pipe, CI, ``nohup``), no bar: a plain line every ``interval`` seconds (or
+      every ``every`` batches) with the batch, the batches per second and the running losses.
+
+    Args:
+        stream: where to write (default ``sys.stdout`` at the time of writing).
+        bars: force bars on or off; default: bars when ``stream`` is a terminal.
+        verbose: also every metric and the balancer's diagnostics.
+        interval: seconds between plain progress lines (no bars).
+        every: also a plain line every this many batches.
+        label: put before each line, e.g. ``"baseline left: "``; default the trainer's ``progress_label``
+            (set on the trainers of single-task baselines), else none.
+    """
+
+    def __init__(
+        self,
+        *,
+        stream: IO[str] | None = None,
+        bars: bool | None = None,
+        verbose: bool = False,
+        interval: float = 30.0,
+        every: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.stream, self.bars_setting, self.verbose, self.label = stream, bars, bool(verbose), label
+        self.interval = check_number("interval", interval, low=0.0)
+        self.every = None if every is None else check_int("every", every, 1)
+        self._console: Any = None
+        self._bar: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from hydranet.report.loggers import ConsoleLogger
+
+        self._console = None
+        self._label = self.label if self.label is not None else str(getattr(trainer, "progress_label", ""))
+        if not runtime.is_main_process():
+            return
+        console = ConsoleLogger(self.stream)
+        console.bars = console.isatty() if self.bars_setting is None else bool(self.bars_setting)
+        self._console = console
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self._started = self._last_line = time.perf_counter()
+        self._seen, self._sums, self._counts = 0, {}, {}
+
+    def _running(self) -> dict[str, float]:
+        return {t: self._sums[t] / self._counts[t] for t in self._sums}
+
+    def _epochs(self, trainer: Trainer) -> str:
+        return f"{self._label}epoch {trainer.epoch + 1}/{getattr(trainer, 'fit_epochs', trainer.epochs)}"
+
+    def on_batch_end(self, trainer: Trainer, step: int, info: Mapping[str, Any]) -> None:
+        console = self._console
+        if console is None:
+            return
+        for task, value in info.get("losses", {}).items():
+            self._sums[task] = self._sums.get(task, 0.0) + float(value)
+            self._counts[task] = self._counts.get(task, 0) + 1
+        self._seen += 1
+        position = int(info.get("batch", self._seen))
+        state = trainer._epoch_state
+        total = state.n_batches if state is not None else None
+        losses = "  ".join(f"{t} {v:.4g}" for t, v in self._running().items())
+        if console.bars:
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(
+                    total=total, initial=position - 1, desc=self._epochs(trainer), leave=False,
+                    dynamic_ncols=True, file=console.stream, unit="batch",
+                )
+            self._bar.update(1)
+            if position % trainer.log_every == 0 or position == 1:
+                self._bar.set_postfix_str(f"loss {losses}", refresh=False)
+            return
+        now = time.perf_counter()
+        due = now - self._last_line >= self.interval or (self.every is not None and position % self.every == 0)
+        if due and position != total:
+            rate = self._seen / max(now - self._started, 1e-9)
+            of = f"/{total}" if total is not None else ""
+            console.write(f"{self._epochs(trainer)}  batch {position}{of}  {rate:.2f} batches/s  loss {losses}")
+            self._last_line = now
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, log: EpochLog) -> None:
+        self._close_bar()
+        if self._console is None:
+            return
+        self._console.log(
+            epoch,
+            log,
+            epochs=getattr(trainer, "fit_epochs", trainer.epochs),
+            monitor=trainer.monitor,
+            best=trainer.best_score,
+            best_epoch=trainer.best_epoch,
+            verbose=self.verbose,
+            label=self._label,
+        )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._close_bar()
 
 
 @dataclass

@@ -43,7 +43,6 @@ checkpoint to resume from for everyone. See ``docs/distributed.md``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,15 @@ from hydranet.train._evaluation import evaluate_loader, predict_loader
 from hydranet.train._means import Means
 from hydranet.train._meta import MetaSchedule
 from hydranet.train.baselines import train_baselines
-from hydranet.train.callbacks import Callback, CallbackList, Checkpointing, EarlyStopping, LogFiles, write_run_report
+from hydranet.train.callbacks import (
+    Callback,
+    CallbackList,
+    Checkpointing,
+    EarlyStopping,
+    LogFiles,
+    Progress,
+    write_run_report,
+)
 from hydranet.train.checkpoint import epoch_iterator, load_into, read_resume, restore, seed_everything, training_state
 from hydranet.train.loaders import as_batch, check_shards, epoch_sampler, length_of
 from hydranet.train.step import Step, unwrap, wrap_model
@@ -136,7 +143,9 @@ class Trainer:
             :meth:`train_baselines`).
         model_factory: ``model_factory([task]) -> model`` builds a baseline's model; default a copy of
             the model with the weights it had when given to the trainer.
-        progress: tqdm progress bars (on rank 0, when the output is a terminal).
+        progress: progress on the console (rank 0): a kept line per epoch, tqdm bars in a terminal, plain
+            lines elsewhere (:class:`~hydranet.train.callbacks.Progress`; give one in ``callbacks`` to
+            configure it).
         callbacks: :class:`~hydranet.train.callbacks.Callback` objects.
         seed: seeds Python, NumPy and torch at the start of :meth:`fit`.
         log_every: batches between progress-bar updates and log lines.
@@ -282,6 +291,7 @@ class Trainer:
             the :class:`~hydranet.report.History`, one record per epoch (also ``self.history``).
         """
         epochs = check_int("epochs", self.epochs if epochs is None else epochs, 1)
+        self.fit_epochs = epochs  # this fit's total, for the progress lines
         self.monitor = self._fit_monitor(has_val=val_loader is not None)
         check_shards(train_loader, "train_loader", same_length=True)
         if val_loader is not None:
@@ -344,7 +354,6 @@ class Trainer:
         iterator, position = epoch_iterator(self, loader, epoch, resume_at, means)
         n_batches = length_of(loader)
         self._epoch_state = _EpochState(loader, means, n_batches)
-        bar = _progress_bar(self, n_batches, position, f"epoch {epoch + 1}/{epochs}")
         micro = 0
         try:
             for raw in iterator:
@@ -370,17 +379,11 @@ class Trainer:
                         means.add("extra/grad_norm", norm)
                 info["batch"], info["stepped"] = position, stepped
                 callbacks.on_batch_end(self, self.global_step, info)
-                if bar is not None:
-                    bar.update(1)
-                    if position % self.log_every == 0:
-                        bar.set_postfix({t: f"{v:.4g}" for t, v in means.mean("loss").items()}, refresh=False)
                 if position % self.log_every == 0 and runtime.is_main_process():
                     logger.debug("epoch %d batch %d: %s", epoch, position, means.mean("loss"))
             if micro:  # a loader without a length ended inside an accumulation group
                 self._optimizer_step(micro)
         finally:
-            if bar is not None:
-                bar.close()
             self._epoch_state = None
         self.rng_epoch_start = None
         self.balancer.on_epoch_end()
@@ -491,10 +494,12 @@ class Trainer:
 
 
 def _fit_callbacks(trainer: Trainer) -> CallbackList:
-    """The log files first, then the callbacks given, then the checkpoints (written last, once every
-    callback has seen the epoch)."""
+    """The progress lines and log files first, then the callbacks given, then the checkpoints (written
+    last, once every callback has seen the epoch)."""
     first: list[Callback] = []
     last: list[Callback] = []
+    if trainer.progress and not any(isinstance(c, Progress) for c in trainer.callbacks.callbacks):
+        first.append(Progress())
     if trainer.out_dir is not None:
         first.append(LogFiles(trainer.out_dir, tensorboard=trainer.tensorboard))
         if trainer.checkpoint != "none":
@@ -545,14 +550,5 @@ def _finish_epoch(
             trainer.scheduler.step()
     if runtime.is_main_process():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if k.count("/") == 1 or k == trainer.monitor)
-        logger.info("epoch %d: %s (%.1f s)", epoch, shown, extra["seconds"])
+        logger.debug("epoch %d: %s (%.1f s)", epoch, shown, extra["seconds"])  # Progress prints it
     callbacks.on_epoch_end(trainer, epoch, log)
-
-
-def _progress_bar(trainer: Trainer, total: int | None, initial: int, description: str) -> Any:
-    if not (trainer.progress and runtime.is_main_process()):
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: tqdm switches itself off when the output is not a terminal.
-    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)
