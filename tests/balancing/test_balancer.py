@@ -336,5 +336,8 @@ def _train(name: str, steps: int = 30) -> tuple[float, float]:
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS) + sorted(AGGREGATORS))
 def test_every_method_trains_a_two_task_model(name):
+    needed = getattr(AGGREGATORS[name](), "min_rows", 1) if name in AGGREGATORS else 1
+    if needed > 2:  # Krum refuses fewer than f + 3 rows, with an error (test_aggregators.py)
+        pytest.skip(f"{name} needs at least {needed} tasks (min_rows); this model has 2")
     start, end = _train(name)
     assert end < 0.8 * start, (name, start, end)
