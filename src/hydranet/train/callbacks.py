@@ -39,6 +39,7 @@ from hydranet.report.history import EpochLog
 from hydranet.report.summary import Report, write_report
 from hydranet.train._evaluation import evaluate_loader
 from hydranet.train.baselines import baseline_scores
+from hydranet.train._files import remove_stale_temporaries
 from hydranet.train.checkpoint import save_epoch_end, save_mid_epoch
 
 if TYPE_CHECKING:
@@ -308,6 +309,11 @@ class Checkpointing(Callback):
 
     def __init__(self, folder: str | Path, mode: str = "last+best", *, every: int | None = None) -> None:
         self.folder, self.mode, self.every = Path(folder), mode, every
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # temporary files of killed saves (.last.pt.<pid>.tmp), never those of a live writer
+        if runtime.is_main_process():
+            remove_stale_temporaries(self.folder)
 
     def on_batch_end(self, trainer: Trainer, step: int, info: Mapping[str, Any]) -> None:
         epoch_state = trainer._epoch_state

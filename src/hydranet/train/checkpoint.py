@@ -1,8 +1,11 @@
-"""Checkpoint files and random states: atomic writes, safe loads, and every global RNG captured.
+"""Checkpoint files and random states: atomic, hashed writes, verified loads, every global RNG captured.
 
 A checkpoint is written to a temporary file in the target folder, flushed, fsynced, then renamed over
 the previous one (and the folder fsynced), so a crash or a full disk during a save leaves the previous
-checkpoint readable. Loading uses ``torch.load(weights_only=True)``: no code from the file runs.
+checkpoint readable; a SHA-256 of the payload, in a footer of the same file, is verified on load
+(:mod:`hydranet.train._files`). Loading uses ``torch.load(weights_only=True)``: no code from the file
+runs. Weights and validation losses are checked to be finite before every save: a save is refused
+(:class:`~hydranet.train.errors.NonFiniteStateError`) rather than overwrite a good file with NaN.
 
 The second half reads and writes a :class:`~hydranet.train.Trainer`'s whole state: model, optimizer,
 scheduler, GradScaler, balancer, history, early stopping, baselines and the loop position, with the
@@ -11,13 +14,13 @@ random states of every rank (see :mod:`hydranet.train.trainer` on exact resume).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
+import logging
+import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,16 +29,21 @@ from hydranet import runtime
 from hydranet._version import __version__
 from hydranet.report.history import History
 from hydranet.tasks import Task
+from hydranet.train._files import advice, copy_file, read_file, write_file
+from hydranet.train.errors import CheckpointError, CheckpointMismatchError, NonFiniteStateError
 from hydranet.train.loaders import epoch_sampler, takes_position
+from hydranet.train.step import all_finite
 
 if TYPE_CHECKING:
     from hydranet.train.trainer import Trainer
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "check_savable",
     "check_tasks",
     "copy_atomic",
     "epoch_iterator",
+    "last_good_note",
     "load_into",
     "load_checkpoint",
     "read_checked",
@@ -51,6 +59,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hydranet.checkpoint/1"
+
+logger = logging.getLogger("hydranet.train")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,66 +107,43 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, flushed and
-    fsynced, then renamed over ``path``. If anything fails, the previous file at ``path`` is untouched."""
+    """Write ``state`` with ``torch.save`` atomically, with a SHA-256 footer: a temporary file in the same
+    folder, flushed and fsynced, then renamed over ``path``. If anything fails, the previous file at
+    ``path`` is untouched.
+
+    Raises:
+        CheckpointWriteError: the disk is full (or a quota or file-size limit is reached).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda handle: torch.save(dict(state), handle))
+    write_file(dict(state), path)
     return path
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    """Copy a checkpoint file with the same guarantees as :func:`save_checkpoint`."""
-
-    def copy(handle: BinaryIO) -> None:
-        with open(source, "rb") as src:
-            while chunk := src.read(1 << 24):
-                handle.write(chunk)
-
-    _write_atomic(target, copy)
-
-
-def _write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write`` into a temporary file beside ``target``, flush and fsync it, rename it over ``target``."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Copy a checkpoint file (its hash footer included) with the same guarantees as :func:`save_checkpoint`."""
+    copy_file(Path(source), Path(target))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a hydranet checkpoint on the CPU (``weights_only``: no code runs while loading)."""
+    """Read a hydranet checkpoint on the CPU (``weights_only``: no code runs while loading), after
+    verifying its size and content hash.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: the file is truncated, damaged, or not a hydranet checkpoint; the message names
+            the file and what to use instead.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {str(path)!r}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ValueError(
-            f"{str(path)!r} is not a readable hydranet checkpoint ({type(err).__name__}); pass the best.pt or "
-            "last.pt that training wrote."
-        ) from err
+    state = read_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a hydranet checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
-            f"expected {CHECKPOINT_FORMAT!r}); to load bare weights use model.load_state_dict(torch.load(path))."
+        found = state.get("format") if isinstance(state, dict) else None
+        raise CheckpointError(
+            f"{str(path)!r} is a torch file but not a hydranet checkpoint (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT!r}). {advice(path)} To load bare weights use "
+            "model.load_state_dict(torch.load(path))."
         )
     return state
 
@@ -213,6 +200,7 @@ def save_mid_epoch(trainer: Trainer, folder: Path, epoch: int, position: int, lo
     """``folder/last.pt`` after ``position`` batches of ``epoch`` (collective under DDP)."""
     # Collectives first, on every rank; then rank 0 writes while the others wait for it. The saved
     # means are those of all ranks, resumed by rank 0 alone (the ranks' means add up at epoch end).
+    check_savable(trainer, folder / "last.pt", f"epoch {epoch}, batch {position}")
     means_state = means.across_ranks().state_dict()
     ranks = _rank_progress(trainer, epoch_start=True)
 
@@ -231,6 +219,10 @@ def save_mid_epoch(trainer: Trainer, folder: Path, epoch: int, position: int, lo
         save_checkpoint(state, folder / "last.pt")
 
     runtime.on_main(write)
+    trainer.last_good_checkpoint = (
+        folder / "last.pt",
+        f"epoch {epoch}, batch {position}, optimizer step {trainer.global_step}",
+    )
 
 
 def save_epoch_end(trainer: Trainer, folder: Path, mode: str, epoch: int, improved: bool) -> None:
@@ -240,6 +232,7 @@ def save_epoch_end(trainer: Trainer, folder: Path, mode: str, epoch: int, improv
     save_best = "best" in mode and improved  # the same on every rank (synchronised values)
     if not (save_last or save_best):
         return
+    check_savable(trainer, folder / ("last.pt" if save_last else "best.pt"), f"epoch {epoch}", epoch_end=True)
     ranks = _rank_progress(trainer, epoch_start=False)
 
     def write() -> None:
@@ -254,6 +247,48 @@ def save_epoch_end(trainer: Trainer, folder: Path, mode: str, epoch: int, improv
             save_checkpoint(state, best)
 
     runtime.on_main(write)
+    trainer.last_good_checkpoint = (
+        folder / ("last.pt" if save_last else "best.pt"),
+        f"after epoch {epoch}, optimizer step {trainer.global_step}",
+    )
+
+
+def check_savable(trainer: Trainer, path: Path, where: str, *, epoch_end: bool = False) -> None:
+    """Raise :class:`NonFiniteStateError` rather than write non-finite weights (or, at the end of an
+    epoch, a state whose validation loss is not finite) into ``path``; one fused check over the
+    weights (the same on every rank, so every rank raises)."""
+    core = trainer.step.core
+    tensors = [*core.state_dict().values(), *trainer.balancer.parameters()]
+    if not all_finite(tensors):
+        names = [n for n, v in core.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lr = f" (lr={trainer.lr:g})"
+        raise NonFiniteStateError(
+            f"The checkpoint {path} was not written: the weights hold NaN or infinite values "
+            f"({shown or 'the balancer parameters'}) at {where}. Lower the learning rate{lr}, clip gradients "
+            "(grad_clip=1.0), or check the inputs for extreme values."
+        )
+    if not epoch_end or not len(trainer.history):
+        return
+    for task, value in trainer.history.epochs[-1].losses.get("val", {}).items():
+        if not math.isfinite(value):
+            raise NonFiniteStateError(
+                f"The checkpoint {path} was not written: the validation loss of task {task!r} is {value} after "
+                f"{where} although the weights are finite. Check the validation data for NaN or infinite inputs "
+                "and targets; if they are clean, the model overflows on them: lower the learning rate or clip "
+                "gradients (grad_clip=1.0)."
+            )
+
+
+def last_good_note(trainer: Trainer) -> str:
+    """The sentence naming the file that holds the last good state of this run (for error messages)."""
+    saved = getattr(trainer, "last_good_checkpoint", None)
+    if saved is not None:
+        path, where = saved
+        return f"The last good state is in {path} ({where}): once the cause is fixed, continue with resume='{path}'."
+    if trainer.out_dir is None or trainer.checkpoint == "none":
+        return "No checkpoint is written in this run (out_dir=None or checkpoint='none')."
+    return f"No checkpoint was written in {trainer.out_dir} by this run yet."
 
 
 def read_resume(resume: str | Path, folder: Path | None, tasks: Mapping[str, Task]) -> dict[str, Any] | None:
@@ -272,7 +307,8 @@ def read_resume(resume: str | Path, folder: Path | None, tasks: Mapping[str, Tas
         path = Path(resume)
     state = read_checked(path, tasks)
     if "progress" not in state:
-        raise ValueError(f"{path} holds weights only, no training state to resume from.")
+        raise CheckpointError(f"{path} holds weights only, no training state to resume from.")
+    state["source"] = str(path)  # named in errors as the last good state until this run saves
     return state
 
 
@@ -296,7 +332,7 @@ def check_tasks(state: Mapping[str, Any], tasks: Mapping[str, Task], path: Path 
         return ", ".join(f"{n} ({s['kind']})" for n, s in specs.items())
 
     if list(saved) != list(mine) or any(shape(saved[n]) != shape(mine[n]) for n in mine):
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"The checkpoint {str(path)!r} was trained for tasks [{describe(saved)}], but this trainer has "
             f"[{describe(mine)}]. Build the model and trainer with the checkpoint's tasks, or start a new run."
         )
@@ -304,10 +340,11 @@ def check_tasks(state: Mapping[str, Any], tasks: Mapping[str, Task], path: Path 
 
 def restore(trainer: Trainer, state: Mapping[str, Any]) -> dict[str, Any]:
     """Load a full training state into ``trainer``; return where the loop continues."""
+    source = state.get("source", "the checkpoint")
     trainer.step.core.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    _load_optimizer(trainer, state, source)
     if (state["scheduler"] is None) != (trainer.scheduler is None):
-        raise ValueError(
+        raise CheckpointMismatchError(
             "The checkpoint was saved " + ("with" if state["scheduler"] is not None else "without")
             + " a learning-rate scheduler; resume with the same scheduler= setting."
         )
@@ -328,7 +365,57 @@ def restore(trainer: Trainer, state: Mapping[str, Any]) -> dict[str, Any]:
     trainer.epoch = int(progress["epoch"])
     if progress["position"] == 0:
         set_rng_state(progress["rng"])
+    where = f"epoch {trainer.epoch}" + (f", batch {progress['position']}" if progress["position"] else "")
+    trainer.last_good_checkpoint = (Path(source), f"resumed from: {where}, optimizer step {trainer.global_step}")
     return progress
+
+
+def _load_optimizer(trainer: Trainer, state: Mapping[str, Any], source: str) -> None:
+    """The checkpoint's optimizer state, which must be of the configured optimizer's class and shape;
+    the learning rate continues from the checkpoint (exact resume), with a notice when the configured
+    one differs."""
+    config = state.get("config", {})
+    saved, mine = config.get("optimizer"), type(trainer.optimizer).__name__
+    retry = (
+        f"Resume with the checkpoint's optimizer ({saved}), or start a new run that loads the weights only "
+        "(trainer.load_checkpoint(path))."
+    )
+    if saved is not None and saved != mine:
+        raise CheckpointMismatchError(
+            f"{source} was saved with the optimizer {saved}, but the configured one is {mine}: its state "
+            f"(momentum, moment estimates) does not fit. {retry}"
+        )
+    groups, own = state["optimizer"].get("param_groups", []), trainer.optimizer.param_groups
+    if len(groups) != len(own):
+        raise CheckpointMismatchError(
+            f"{source}: the optimizer state has {len(groups)} parameter group(s), the configured optimizer "
+            f"{len(own)} (a balancer with learnable parameters, such as 'uw', adds one). Resume with the "
+            f"checkpoint's balancer ({config.get('balancer')!r}) and optimizer, or start a new run that loads the "
+            "weights only (trainer.load_checkpoint(path))."
+        )
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CheckpointMismatchError(
+            f"{source}: its optimizer state does not fit the configured {mine} ({type(err).__name__}: {err}). {retry}"
+        ) from err
+    saved_lr = config.get("lr")
+    if saved_lr is None:
+        return
+    saved_lr = float(saved_lr)
+    if not math.isclose(saved_lr, trainer.lr, rel_tol=1e-12):
+        now = sorted({float(g["lr"]) for g in trainer.optimizer.param_groups})
+        schedule = "" if now == [saved_lr] else f", {', '.join(f'{v:g}' for v in now)} now after its schedule"
+        notice = (
+            f"Resuming from {source}: training continues with the learning rate of the checkpoint (lr={saved_lr:g}"
+            f"{schedule}); the configured lr={trainer.lr:g} is not used (an exact resume restores the optimizer and "
+            "scheduler states). To train on with a new learning rate, start a new run from the weights "
+            "(trainer.load_checkpoint(path))."
+        )
+        warnings.warn(notice, UserWarning, stacklevel=5)
+        logger.warning(notice)
+    # the run's configured lr is now the checkpoint's (saved again in config, named in errors)
+    trainer.lr = trainer.step.lr = saved_lr
 
 
 def epoch_iterator(

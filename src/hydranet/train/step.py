@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -38,18 +39,44 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from hydranet import runtime
+from hydranet._checks import check_choice, check_int
 from hydranet.balancing import Balancer
 from hydranet.data import Batch
 from hydranet.tasks import Task
+from hydranet.train.errors import NonFiniteGradientError, NonFiniteLossError
 
-__all__ = ["AMP_DTYPES", "NonFiniteLossError", "Step", "StepOutput", "UnusedParameters", "unwrap", "wrap_model"]
+__all__ = [
+    "AMP_DTYPES",
+    "NONFINITE_POLICIES",
+    "NonFiniteLossError",
+    "Step",
+    "StepOutput",
+    "UnusedParameters",
+    "all_finite",
+    "unwrap",
+    "wrap_model",
+]
 
 #: Autocast dtypes of the AMP modes.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+#: What :meth:`Step.optimizer_step` does with a NaN or infinite update: skip it, or stop.
+NONFINITE_POLICIES = ("skip", "stop")
 
-class NonFiniteLossError(FloatingPointError):
-    """A task loss (or the gradient norm) became NaN or infinite; training stopped without saving."""
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every entry of ``tensors`` is finite, with one host synchronisation.
+
+    ``torch._foreach_norm(..., ord=inf)`` is the largest magnitude of each tensor in one fused kernel per
+    device and dtype (no overflow, unlike the 2-norm; NaN propagates); the maxima are stacked and tested
+    together.
+    """
+    tensors = [t for t in tensors if t.is_floating_point() or t.is_complex()]
+    if not tensors:
+        return True
+    maxima = torch._foreach_norm([t.detach() for t in tensors], ord=math.inf)
+    device = maxima[0].device
+    return bool(torch.isfinite(torch.stack([m.to(device, torch.float32) for m in maxima])).all())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -155,6 +182,73 @@ def _grads(params: Sequence[Tensor]) -> list[Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
+def _nonfinite_rows(value: Any, mask: Tensor | None = None) -> Tensor | None:
+    """The batch rows (dim 0) where the floating tensors of ``value`` (a tensor, a mapping or a sequence
+    of them, a list of per-row tensors) hold a NaN or an infinity, among the rows of ``mask``; None when
+    every value is finite."""
+    bad: Tensor | None = None
+    if isinstance(value, Tensor):
+        if not value.is_floating_point() or value.dim() == 0:
+            return None
+        bad = ~torch.isfinite(value.detach().reshape(value.shape[0], -1)).all(1)
+    elif isinstance(value, Mapping):
+        found = [r for r in (_nonfinite_rows(v) for v in value.values()) if r is not None]
+        return torch.unique(torch.cat(found)) if found else None
+    elif isinstance(value, (list, tuple)):
+        if value and all(v is None or isinstance(v, Tensor) for v in value) and mask is not None and len(value) == len(mask):
+            # ragged targets: one tensor (or None) per row
+            bad = torch.tensor([v is not None and v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in value])
+        else:
+            found = [r for r in (_nonfinite_rows(v) for v in value) if r is not None]
+            return torch.unique(torch.cat(found)) if found else None
+    if bad is None:
+        return None
+    if mask is not None and mask.shape == bad.shape:
+        bad = bad & mask.to(bad.device)
+    rows = bad.nonzero().flatten().cpu()
+    return rows if rows.numel() else None
+
+
+def _samples(rows: Tensor, batch: Batch) -> str:
+    first = int(rows[0])
+    text = f"sample {first} of the batch"
+    if batch.indices is not None and first < len(batch.indices):
+        text += f" (dataset index {int(batch.indices[first])})"
+    return text + ("" if len(rows) == 1 else f"; {len(rows)} samples in all")
+
+
+def _blame(task: str, batch: Batch, outputs: Mapping[str, Any], lr: str) -> tuple[str, str]:
+    """Where a non-finite loss of ``task`` comes from, checked in the order the values flow: the
+    inputs, the task's targets, the model's outputs; and the fix. Runs only after the loss failed."""
+    mask = batch.masks.get(task)
+    rows = _nonfinite_rows(batch.inputs)
+    if rows is not None:
+        return (
+            f"the inputs hold non-finite values ({_samples(rows, batch)})",
+            "Check the input data for NaN or infinite values (missing features or pixels, a division by zero in "
+            "a transform) and clean or impute them; a model cannot learn from them.",
+        )
+    rows = _nonfinite_rows(batch.targets.get(task), mask)
+    if rows is not None:
+        return (
+            f"the targets of {task!r} hold non-finite values ({_samples(rows, batch)})",
+            f"Check the targets of {task!r}: a missing label must have masks[{task!r}] False "
+            "(hydranet.data.collate does this for None and NaN labels), other values must be finite.",
+        )
+    rows = _nonfinite_rows(outputs.get(task))
+    if rows is not None:
+        return (
+            f"the model's outputs for {task!r} are non-finite ({_samples(rows, batch)}) while the inputs and "
+            "targets are finite, so the weights diverged",
+            f"Lower the learning rate{lr}, clip gradients (grad_clip=1.0), or balance the task losses (balancer='uw').",
+        )
+    return (
+        "the inputs, targets and outputs are finite, so the loss itself overflowed",
+        f"Check the targets of {task!r} for extreme or out-of-range values, lower the learning rate{lr}, or "
+        "clip gradients (grad_clip=1.0).",
+    )
+
+
 def _where(epoch: int | None, position: int | None) -> str:
     if epoch is None:
         return "this batch" if position is None else f"batch {position}"
@@ -178,6 +272,16 @@ class Step:
             :meth:`optimizer_step`.
         device: where batches go; default the device of the model's first parameter.
         lr: the learning rate named in the error of a non-finite loss.
+        on_nonfinite: what :meth:`optimizer_step` does when the (averaged, unscaled) gradient holds a NaN
+            or an infinity although the losses were finite: ``"skip"`` (default) leaves the weights and
+            the optimizer state as they were, counts the step in :attr:`skipped_steps` and warns;
+            ``"stop"`` raises :class:`~hydranet.train.errors.NonFiniteGradientError` before the update.
+            ``"skip"`` is the default because one bad batch (a singular point of a loss, an overflow)
+            should not end a long run, as AMP's GradScaler skips such steps; ``max_skips`` in a row
+            still stop the run, since then the model itself is broken. With fp16 the GradScaler's own
+            skip is kept (it also lowers the loss scale).
+        max_skips: skipped optimizer steps in a row that stop training
+            (:class:`~hydranet.train.errors.NonFiniteGradientError`).
     """
 
     def __init__(
@@ -193,7 +297,15 @@ class Step:
         grad_clip: float | None = None,
         device: torch.device | None = None,
         lr: float | None = None,
+        on_nonfinite: str = "skip",
+        max_skips: int = 10,
     ) -> None:
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        self.max_skips = check_int("max_skips", max_skips, 1)
+        #: optimizer steps skipped for a non-finite update, in all, and in a row up to the last step
+        self.skipped_steps, self.skips_in_a_row = 0, 0
+        #: whether the last :meth:`optimizer_step` was skipped
+        self.last_skipped = False
         self.model = model
         # Any: the HydraNet contract (tasks, shared_parameters(), task_parameters()), not an nn.Module method
         self.core: Any = cast(Any, unwrap(model))
@@ -260,7 +372,7 @@ class Step:
                 losses = {t: v for t, v in self.loss_fn(outputs, batch.targets, batch.masks).items() if t in self.tasks}
             if not losses:
                 return StepOutput()
-            self._check_finite(losses, epoch, position, global_step)
+            self._check_finite(losses, epoch, position, global_step, batch, outputs)
             detached = {t: v.detach() for t, v in losses.items()}
             if synchronised:
                 # DDP's reducer waits for a gradient of every parameter: give the heads this rank does not
@@ -339,27 +451,44 @@ class Step:
         return counts[0] > 0
 
     def _check_finite(
-        self, losses: Mapping[str, Tensor], epoch: int | None, position: int | None, global_step: int | None
+        self,
+        losses: Mapping[str, Tensor],
+        epoch: int | None,
+        position: int | None,
+        global_step: int | None,
+        batch: Batch,
+        outputs: Mapping[str, Any],
     ) -> None:
         values = torch.stack([v.detach().reshape(()) for v in losses.values()])
         if bool(torch.isfinite(values).all()):
             return
-        bad = [t for t, v in zip(losses, values.tolist()) if not math.isfinite(v)]
+        task = next(t for t, v in zip(losses, values.tolist()) if not math.isfinite(v))
         step = "" if global_step is None else f" (optimizer step {global_step})"
         lr = "" if self.lr is None else f" (lr={self.lr:g})"
+        cause, fix = _blame(task, batch, outputs, lr)
         raise NonFiniteLossError(
-            f"The loss of task {bad[0]!r} is {values[list(losses).index(bad[0])].item()} at "
-            f"{_where(epoch, position)}{step}. Lower the learning rate{lr}, clip "
-            f"gradients (grad_clip=1.0), or check the targets of {bad[0]!r} for NaN, infinite or out-of-range "
-            "values. No checkpoint was written for this epoch; the best checkpoint is untouched."
+            f"The loss of task {task!r} is {values[list(losses).index(task)].item()} at "
+            f"{_where(epoch, position)}{step}: {cause}. {fix}"
         )
 
-    def optimizer_step(self, micro: int = 1, *, epoch: int | None = None, global_step: int = 0) -> float | None:
-        """Average the gradients of ``micro`` accumulated micro-batches, unscale (fp16), clip, step the
-        optimizer and clear the gradients; return the total gradient norm before clipping (None
-        without ``grad_clip``). ``global_step`` (steps taken before this one) is named in errors."""
+    def optimizer_step(
+        self, micro: int = 1, *, epoch: int | None = None, global_step: int = 0, position: int | None = None
+    ) -> float | None:
+        """Average the gradients of ``micro`` accumulated micro-batches, unscale (fp16), clip, check that
+        the update is finite, step the optimizer and clear the gradients; return the total gradient norm
+        before clipping (None without ``grad_clip``). ``global_step`` (steps taken before this one),
+        ``epoch`` and ``position`` (the batch) are named in warnings and errors.
+
+        A NaN or infinite gradient (one fused check over every gradient, or the clipped norm) is never
+        applied: the step is skipped (:attr:`last_skipped`, :attr:`skipped_steps`) or raises, as
+        ``on_nonfinite`` says. With fp16 the GradScaler decides (it skips such steps and lowers the scale).
+
+        Raises:
+            NonFiniteGradientError: with ``on_nonfinite="stop"``, or after ``max_skips`` skips in a row.
+        """
         if self.optimizer is None:
             raise ValueError("Step.optimizer_step needs the optimizer: build the Step with optimizer=.")
+        self.last_skipped = False
         if self.ddp:  # heads of tasks no rank had: no gradient, as in one process
             self.unused.release(self._group_tasks)
         model_params = [p for p in self.core.parameters() if p.grad is not None]
@@ -379,19 +508,52 @@ class Step:
         norm = None
         if self.grad_clip is not None and model_params:
             norm = float(torch.nn.utils.clip_grad_norm_(model_params, self.grad_clip))
-            if not math.isfinite(norm) and self.scaler is None:
-                where = "" if epoch is None else f" (epoch {epoch})"
-                raise NonFiniteLossError(
-                    f"The gradient norm is {norm} at optimizer step {global_step + 1}{where}. "
-                    "Lower the learning rate, or check the targets and inputs for extreme values."
-                )
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            finite = math.isfinite(norm) and all_finite(_grads(own_params))
         else:
+            finite = self.scaler is not None or all_finite(_grads(model_params) + _grads(own_params))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips a non-finite step itself
+            self.scaler.update()
+        elif not finite:
+            self._skip(norm, epoch, global_step, position)
+        else:
+            self.skips_in_a_row = 0
             self.optimizer.step()
         self.zero_grad()
         return norm
+
+    def _skip(self, norm: float | None, epoch: int | None, global_step: int, position: int | None) -> None:
+        """Count a non-finite update that is not applied; raise when the policy or ``max_skips`` says so."""
+        what = "the gradient holds NaN or infinite values" if norm is None else f"the gradient norm is {norm}"
+        where = f"optimizer step {global_step + 1}" + ("" if epoch is None else f" ({_where(epoch, position)})")
+        lr = "" if self.lr is None else f" (lr={self.lr:g})"
+        fix = (
+            f"Clip gradients (grad_clip=1.0), lower the learning rate{lr}, or look for a loss with a singular "
+            "point (a sqrt, log or division at 0)."
+        )
+        if self.on_nonfinite == "stop":
+            self.zero_grad()
+            raise NonFiniteGradientError(
+                f"At {where} {what} although every task loss is finite; the weights were not updated "
+                f"(on_nonfinite='stop'). {fix}"
+            )
+        self.skipped_steps += 1
+        self.skips_in_a_row += 1
+        self.last_skipped = True
+        if self.skips_in_a_row >= self.max_skips:
+            self.zero_grad()
+            raise NonFiniteGradientError(
+                f"At {where} {what}: {self.skips_in_a_row} optimizer steps in a row had a non-finite gradient "
+                f"and were skipped (max_skips={self.max_skips}); the weights were not updated. {fix}"
+            )
+        warnings.warn(
+            f"Skipped optimizer step {global_step + 1}"
+            + ("" if epoch is None else f" ({_where(epoch, position)})")
+            + f": {what} although every task loss is finite; the weights and the optimizer state are unchanged "
+            f"({self.skipped_steps} skipped so far; {self.max_skips} in a row stop training).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def release_unused(self) -> None:
         """Under DDP: drop the zero gradients of the heads that no rank's tasks reached since the last

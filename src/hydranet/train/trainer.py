@@ -76,7 +76,17 @@ from hydranet.train.callbacks import (
     Progress,
     write_run_report,
 )
-from hydranet.train.checkpoint import epoch_iterator, load_into, read_resume, restore, seed_everything, training_state
+from hydranet.train.checkpoint import (
+    epoch_iterator,
+    last_good_note,
+    load_into,
+    read_resume,
+    restore,
+    seed_everything,
+    training_state,
+)
+from hydranet.train.divergence import DivergenceWarning
+from hydranet.train.errors import NonFiniteLossError
 from hydranet.train.loaders import as_batch, check_shards, epoch_sampler, length_of
 from hydranet.train.step import Step, unwrap, wrap_model
 
@@ -122,6 +132,14 @@ class Trainer:
             for objects and factories. ``ReduceLROnPlateau`` steps on the monitored value each epoch.
         epochs: epochs of :meth:`fit` when it is not given one.
         grad_clip: clip the total gradient norm of the model's parameters to this value.
+        on_nonfinite: ``"skip"`` (default) or ``"stop"``: what an optimizer step does whose gradient is
+            NaN or infinite although the losses are finite (see :class:`~hydranet.train.step.Step`); it
+            is never applied. Skipped steps are counted (``skipped`` in the batch info,
+            ``extra["skipped_steps"]`` of the epoch's record).
+        max_skips: skipped steps in a row that stop training with
+            :class:`~hydranet.train.errors.NonFiniteGradientError`.
+        divergence_factor: warn once per task when its epoch training loss exceeds this many times its
+            best (:class:`~hydranet.train.divergence.DivergenceWarning`); ``None``: no warning.
         accumulate: micro-batches per optimizer step (see the module docstring).
         amp: ``None``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a GradScaler).
         device: ``"auto"`` (CUDA when available, else CPU), or a device; inside a process group
@@ -171,6 +189,9 @@ class Trainer:
         scheduler_interval: str | None = None,
         epochs: int = 10,
         grad_clip: float | None = None,
+        on_nonfinite: str = "skip",
+        max_skips: int = 10,
+        divergence_factor: float | None = 1e3,
         accumulate: int = 1,
         amp: str | None = None,
         device: str | torch.device = "auto",
@@ -229,7 +250,11 @@ class Trainer:
         self.step = Step(
             self.model, self.tasks, self.balancer, loss, optimizer=self.optimizer, amp=self.amp,
             scaler=self.scaler, grad_clip=self.grad_clip, device=self.device, lr=self.lr,
+            on_nonfinite=on_nonfinite, max_skips=max_skips,
         )
+        self.divergence = None if divergence_factor is None else DivergenceWarning(divergence_factor)
+        #: ``(path, where)`` of the file that holds the last good state (saved or resumed from), for errors
+        self.last_good_checkpoint: tuple[Path, str] | None = None
         self.loss_fn = self.step.loss_fn
 
         self._train_baselines = baselines == "train"
@@ -325,6 +350,9 @@ class Trainer:
                 if self.should_stop or self.early_stopping.stopped:
                     break
             self.epoch = self.history.epochs[-1].epoch + 1 if len(self.history) else start
+        except NonFiniteLossError as err:  # name the file that holds the last good state
+            err.args = (f"{err} {last_good_note(self)}", *err.args[1:])
+            raise
         finally:
             callbacks.on_fit_end(self)
         return self.history
@@ -372,26 +400,29 @@ class Trainer:
                 means.add_diagnostics(info)
                 if stepped:
                     means.add("extra/lr", float(self.optimizer.param_groups[0]["lr"]))
-                    norm = self._optimizer_step(micro)
+                    norm = self._optimizer_step(micro, position)
+                    if self.step.last_skipped:
+                        means.add("skipped/steps", 1.0)
                     micro = 0
                     if norm is not None:
                         info["grad_norm"] = norm
                         means.add("extra/grad_norm", norm)
                 info["batch"], info["stepped"] = position, stepped
+                info["skipped"] = stepped and self.step.last_skipped
                 callbacks.on_batch_end(self, self.global_step, info)
                 if position % self.log_every == 0 and runtime.is_main_process():
                     logger.debug("epoch %d batch %d: %s", epoch, position, means.mean("loss"))
             if micro:  # a loader without a length ended inside an accumulation group
-                self._optimizer_step(micro)
+                self._optimizer_step(micro, position)
         finally:
             self._epoch_state = None
         self.rng_epoch_start = None
         self.balancer.on_epoch_end()
         _finish_epoch(self, callbacks, epoch, val_loader, means, started)
 
-    def _optimizer_step(self, micro: int) -> float | None:
+    def _optimizer_step(self, micro: int, position: int | None = None) -> float | None:
         """The step's optimizer step, then the count and the per-step scheduler."""
-        norm = self.step.optimizer_step(micro, epoch=self.epoch, global_step=self.global_step)
+        norm = self.step.optimizer_step(micro, epoch=self.epoch, global_step=self.global_step, position=position)
         self.global_step += 1
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
@@ -500,6 +531,8 @@ def _fit_callbacks(trainer: Trainer) -> CallbackList:
     last: list[Callback] = []
     if trainer.progress and not any(isinstance(c, Progress) for c in trainer.callbacks.callbacks):
         first.append(Progress())
+    if trainer.divergence is not None:
+        first.append(trainer.divergence)
     if trainer.out_dir is not None:
         first.append(LogFiles(trainer.out_dir, tensorboard=trainer.tensorboard))
         if trainer.checkpoint != "none":
@@ -535,6 +568,8 @@ def _finish_epoch(
         extra["val/loss"] = values["val/loss"]
     extra["train/loss"] = values["train/loss"]
     extra.update(means.mean("extra"))  # grad_norm, lr: means over the epoch's optimizer steps
+    if means.sums.get("skipped/steps"):  # every rank skips the same steps (the gradients are all-reduced)
+        extra["skipped_steps"] = means.sums["skipped/steps"] / runtime.world_size()
     extra["seconds"] = time.perf_counter() - started
     log = means.record(epoch, losses, metrics, extra)
     trainer.history.append(log)
