@@ -138,4 +138,36 @@ def test_exit_codes_scripts_can_rely_on(config, tmp_path, capsys):
     assert run("train", config, "--set", "trainer.epoch=3") == 2
     assert "did you mean" in capsys.readouterr().err.lower()
     assert run("predict", config, config) == 1  # a YAML file is not a checkpoint
-    assert "config.yaml' is not a readable hydranet checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config.yaml" in err and "checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_writes_into_the_run_folder_and_says_where(config, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run("train", config, "--out", out, "--quiet", "--set", "trainer.epochs=1") == 0
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # before: predictions.csv landed in the current folder
+    capsys.readouterr()
+    assert run("predict", config, out / "best.pt") == 0
+    assert (out / "predictions.csv").is_file() and not (elsewhere / "predictions.csv").exists()
+    assert str(out / "predictions.csv") in capsys.readouterr().out
+    assert run("predict", config, out / "best.pt", "--out", tmp_path / "other") == 0
+    assert (tmp_path / "other" / "predictions.csv").is_file()
+
+
+def test_a_checkpoint_of_another_run_says_the_tasks_differ(config, tmp_path, capsys):
+    """An image-folder config with a checkpoint trained on other tasks: before, "No tasks declared"."""
+    out = tmp_path / "run"
+    assert run("train", config, "--out", out, "--quiet", "--set", "trainer.epochs=1") == 0
+    write_clothes(tmp_path / "clothes", ["black_jeans", "red_shirt"], 2, np.random.default_rng(0))
+    (tmp_path / "clothes.yaml").write_text(
+        "data:\n  train: {source: folder, path: clothes, separator: _, tasks: [color, item], image_size: 16}\n"
+        "  test: {source: folder, path: clothes, separator: _, tasks: [color, item], image_size: 16}\n"
+    )
+    for config_file in (tmp_path / "clothes.yaml", tmp_path / "clothes.yaml"):
+        capsys.readouterr()
+        assert run("evaluate", config_file, out / "best.pt") == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "tasks differ" in err
+        assert "size (regression), kind (multiclass)" in err and "[color, item]" in err

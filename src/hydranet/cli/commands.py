@@ -15,8 +15,9 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from hydranet import runtime as distributed
 from hydranet.cli._codes import EXIT_OK
-from hydranet.cli.config import Config, ConfigError, load_config, parse_override
-from hydranet.cli.sources import build_split, build_tasks
+from hydranet.cli.config import Config, ConfigError, config_key, load_config, parse_override, task_names
+from hydranet.cli.errors import CommandError
+from hydranet.cli.sources import build_split, build_tasks, tasks_differ
 from hydranet.data import make_collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
@@ -28,6 +29,8 @@ __all__ = ["bench", "build_model", "demo", "evaluate", "inspect", "make_loader",
 
 def _config(args: argparse.Namespace) -> Config:
     overrides = dict(parse_override(o) for o in getattr(args, "overrides", []))
+    if getattr(args, "out", None):
+        overrides["output"] = str(args.out)
     return load_config(args.config, overrides=overrides)
 
 
@@ -37,6 +40,11 @@ def _tasks_of(cfg: Config, dataset: MultiTaskDataset) -> dict[str, Task]:
 
 def make_sampler(cfg: Config, dataset: MultiTaskDataset, *, train: bool) -> TaskBatchSampler:
     """The batch sampler of a split: the config's for training, plain passes over the data otherwise."""
+    with config_key("sampler"):
+        return _make_sampler(cfg, dataset, train=train)
+
+
+def _make_sampler(cfg: Config, dataset: MultiTaskDataset, *, train: bool) -> TaskBatchSampler:
     s = cfg.sampler
     if not train:
         schedule = "joint" if dataset.is_shared else "round_robin"
@@ -63,7 +71,8 @@ def make_loader(cfg: Config, dataset: MultiTaskDataset, tasks: dict[str, Task], 
         options.pop("prefetch_factor", None)
     ragged = [t.name for t in tasks.values() if t.ragged]
     sampler = make_sampler(cfg, dataset, train=train)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collate(ragged), **options)
+    with config_key("loader"):
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collate(ragged), **options)
 
 
 def build_model(cfg: Config, tasks: dict[str, Task], example: torch.Tensor) -> torch.nn.Module:
@@ -74,16 +83,17 @@ def build_model(cfg: Config, tasks: dict[str, Task], example: torch.Tensor) -> t
     backbone = spec["backbone"]
     if isinstance(backbone, str):
         backbone = {"name": backbone}
-    return build_architecture(
-        spec["architecture"],
-        backbone=dict(backbone),
-        tasks=list(tasks.values()),
-        input_shape=tuple(example.shape[1:]),
-        head=spec["head"],
-        hidden=spec["hidden"],
-        dropout=spec["dropout"],
-        **spec["options"],
-    )
+    with config_key("model"):
+        return build_architecture(
+            spec["architecture"],
+            backbone=dict(backbone),
+            tasks=list(tasks.values()),
+            input_shape=tuple(example.shape[1:]),
+            head=spec["head"],
+            hidden=spec["hidden"],
+            dropout=spec["dropout"],
+            **spec["options"],
+        )
 
 
 def _example_input(dataset: MultiTaskDataset) -> torch.Tensor:
@@ -99,7 +109,12 @@ def _trainer(cfg: Config, model: torch.nn.Module, tasks: dict[str, Task], out: P
     settings["progress"] = progress and settings.get("progress", True)
     balancer = dict(cfg.balancer)
     name = balancer.pop("name")
-    return Trainer(model, list(tasks.values()), balancer=name, balancer_options=balancer, out_dir=out, seed=cfg.seed, **settings)
+    with config_key("balancer"):
+        from hydranet.balancing import make
+
+        method = make(name, list(tasks.values()), **balancer)
+    with config_key("trainer"):
+        return Trainer(model, list(tasks.values()), balancer=method, out_dir=out, seed=cfg.seed, **settings)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -121,7 +136,10 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     val_ds, test_ds = build_split(cfg, "val", tasks), build_split(cfg, "test", tasks)
     out = Path(args.out or cfg.output)
     model = build_model(cfg, tasks, _example_input(train_ds))
+    _init_output_bias(cfg, model, train_ds, tasks)
     trainer = _trainer(cfg, model, tasks, out, progress=not args.quiet)
+    if args.resume is not None:
+        _check_resume(cfg, out / "last.pt" if str(args.resume) == "last" else Path(args.resume))
     train_loader = make_loader(cfg, train_ds, tasks, train=True)
     val_loader = make_loader(cfg, val_ds, tasks, train=False) if val_ds is not None else None
     trainer.fit(train_loader, val_loader, epochs=cfg.trainer["epochs"], resume=args.resume)
@@ -133,9 +151,61 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
         print(report.console_text())
 
 
+def _init_output_bias(cfg: Config, model: torch.nn.Module, dataset: MultiTaskDataset, tasks: dict[str, Task]) -> None:
+    """``model.init_output_bias``: each head's bias from the training labels (hn.models.init_output_bias).
+    ``true`` starts the tasks the sampler balances at the uniform prior (it draws their classes equally)."""
+    setting = cfg.model["init_output_bias"]
+    if setting is False:
+        return
+    from hydranet.models import init_output_bias
+
+    if isinstance(setting, dict):
+        balanced = list(setting.get("balanced") or [])
+    else:
+        balance = cfg.sampler["balance"]
+        classes = [n for n, t in tasks.items() if t.is_classification and not t.ragged]
+        balanced = classes if isinstance(balance, str) else [n for n, m in (balance or {}).items() if m and n in tasks]
+    with config_key("model.init_output_bias"):
+        init_output_bias(model, dataset, balanced=balanced)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file's contents; a file that is not one (truncated, damaged, a config) is one
+    :class:`CommandError` naming it, whatever the failure torch met while reading it."""
+    try:
+        return load_checkpoint(path)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:
+        if type(err).__module__.split(".")[0] == "hydranet":
+            raise  # the library's own checkpoint errors say it already
+        raise CommandError(
+            f"{str(path)!r} is not a readable hydranet checkpoint: truncated, damaged or another kind of file "
+            f"({type(err).__name__}); pass the best.pt or last.pt that training wrote."
+        ) from err
+
+
+def _check_resume(cfg: Config, path: Path) -> None:
+    """Before resuming: the checkpoint is readable and was trained with the config's optimizer (the
+    optimizer's state of another one does not load)."""
+    if not path.is_file():
+        return  # --resume last before any checkpoint: the trainer starts from the beginning (and warns)
+    saved = str(read_checkpoint(path).get("config", {}).get("optimizer", ""))
+    mine = cfg.trainer["optimizer"]
+    if saved and saved.lower() != mine.lower():
+        raise ConfigError(
+            f"'trainer.optimizer' is {mine!r}, but {str(path)!r} was trained with {saved}: resume with "
+            f"--set trainer.optimizer={saved.lower()}, or start a new run in another --out."
+        )
+
+
 def _load_trained(cfg: Config, checkpoint: str, split: str) -> tuple[Any, dict[str, Task], MultiTaskDataset]:
-    saved = load_checkpoint(checkpoint)["tasks"]  # the trained tasks, with their class vocabularies
-    dataset = build_split(cfg, split, {name: Task.from_dict(spec) for name, spec in saved.items()})
+    saved = read_checkpoint(checkpoint)["tasks"]  # the trained tasks, with their class vocabularies
+    trained = {name: Task.from_dict(spec) for name, spec in saved.items()}
+    expected = task_names(cfg)
+    if expected is not None and set(expected) != set(trained):
+        raise tasks_differ(trained, expected, f"the checkpoint {str(checkpoint)!r}")
+    dataset = build_split(cfg, split, trained)
     if dataset is None:
         raise ConfigError(f"The config has no 'data.{split}' split to run on.")
     tasks = _tasks_of(cfg, dataset)
@@ -166,7 +236,10 @@ def predict(args: argparse.Namespace) -> int:
     collate_fn = make_collate([t.name for t in tasks.values() if t.ragged])
     predictions = trainer.predict(DataLoader(dataset, batch_sampler=in_order, collate_fn=collate_fn))
     rows = len(dataset)
-    with open(args.output, "w", newline="") as handle:
+    # Into the run's folder (the checkpoint's, or --out), not wherever the command happens to run.
+    output = Path(args.output) if args.output else Path(args.out or Path(args.checkpoint).parent) / "predictions.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="") as handle:
         writer = csv.writer(handle)
         header = ["index"]
         columns: list[tuple[str, np.ndarray]] = []
@@ -189,7 +262,7 @@ def predict(args: argparse.Namespace) -> int:
         writer.writerow(header)
         for i in range(rows):
             writer.writerow([i, *[c[i] for _, c in columns]])
-    print(f"wrote {rows} predictions for {len(predictions)} task(s) to {args.output}")
+    print(f"wrote {rows} predictions for {len(predictions)} task(s) to {output}")
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """The ``hydranet`` command line: ``demo``, ``train``, ``evaluate``, ``predict``, ``inspect``, ``bench``.
 
-Exit codes: 0 success, 1 a failure while running (the message says what), 2 bad usage or a bad
-config (the message names the key and the fix), 130 interrupted. Errors are one line on stderr; a
-traceback only with ``--debug``. Parsing imports neither torch nor the rest of hydranet: ``--help``,
-``--version`` and argument errors answer without them; the commands import what they use.
+Exit codes (:mod:`hydranet.cli._codes`, docs/config.md): 0 success, 1 the run failed (the message says
+what), 2 bad usage or a bad config (the message names the key and the fix), 3 the system refused a read
+or a write (permission, full disk), 70 an unexpected error, 130 interrupted. Errors are one line on
+stderr (:mod:`hydranet.cli.errors`); a traceback too with ``--debug``. Parsing imports neither torch nor
+the rest of hydranet: ``--help``, ``--version`` and argument errors answer without them; the commands
+import what they use.
 
 ``hydranet train`` also runs under ``torchrun`` (one process per GPU, or several on the CPU), the
 other commands in one process (see :mod:`hydranet.distributed`).
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 
 from hydranet._version import __version__
 from hydranet.cli import _console
-from hydranet.cli._codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from hydranet.cli._codes import EXIT_USAGE
 
 __all__ = ["DISTRIBUTED_COMMANDS", "build_parser", "main"]
 
@@ -81,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("config", help="YAML config file")
     predict.add_argument("checkpoint", help="checkpoint file")
     predict.add_argument("--split", default="test", choices=("train", "val", "test"))
-    predict.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    predict.add_argument(
+        "--output", default=None, help="CSV file to write (default: predictions.csv in the run's folder: --out or the checkpoint's)"
+    )
+    predict.add_argument("--out", default=None, help="the run's output folder (default: the checkpoint's folder)")
     _add_overrides(predict)
     _console.add_arguments(predict, progress=False)
 
@@ -121,30 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
-    from hydranet.cli.config import ConfigError
-
     try:
         from hydranet.cli import commands
 
         return getattr(commands, args.command)(args)
-    except ConfigError as err:
+    except (Exception, KeyboardInterrupt) as err:
+        # The one error surface (hydranet.cli.errors): one line and the documented exit code; the
+        # traceback too with --debug.
+        from hydranet.cli.errors import report
+
         if args.debug:
-            raise
-        print(f"hydranet {args.command}: config error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as err:
-        if args.debug:
-            raise
-        print(f"hydranet {args.command}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"hydranet {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ValueError, RuntimeError, TypeError) as err:
-        if args.debug:
-            raise
-        print(f"hydranet {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+            import traceback
+
+            traceback.print_exception(err, file=sys.stderr)
+        return report(err, args.command)
 
 
 if __name__ == "__main__":
