@@ -306,7 +306,7 @@ class MultiTaskDataset(Dataset):
         # one bool per sample; indices are made on demand (int64 indices kept per task would cost 8 bytes
         # a label, 8 times an int8 label matrix). Labels keep their dtype (see check_labels).
         missing = missing_mask(raw, self._kind(task))
-        indices: np.ndarray | None = None
+        indices: _LazyIndices | None = None
         if self._shared:
             count = len(raw) - int(np.count_nonzero(missing))
             if count == 0:

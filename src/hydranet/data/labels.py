@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from hydranet._checks import check_bool
+from hydranet.data._none import none_mask
 from hydranet.tasks import MISSING_INT, Task
 
 __all__ = [
@@ -61,6 +62,12 @@ __all__ = [
 CLASS_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel")
 
 _ATTRIBUTES = ("targets", "labels")
+
+
+class _IndexLookup(Protocol):
+    """What :func:`check_labels` needs of ``indices``: the dataset index of the k-th label."""
+
+    def __getitem__(self, k: int, /) -> int: ...
 
 
 class LabelScanWarning(UserWarning):
@@ -119,7 +126,7 @@ def _missing_rows(flat: np.ndarray, kind: str | None) -> np.ndarray:
     if code == "i" and kind != "regression":
         return (flat == MISSING_INT).all(axis=1)
     if code == "O":
-        return np.equal(flat, None).all(axis=1)
+        return np.asarray(none_mask(flat).all(axis=1))
     return np.zeros(n, dtype=bool)
 
 
@@ -363,7 +370,7 @@ def check_labels(
     labels: np.ndarray,
     task: Task,
     *,
-    indices: Sequence[int] | np.ndarray | None = None,
+    indices: Sequence[int] | np.ndarray | _IndexLookup | None = None,
     where: str = "the dataset",
 ) -> np.ndarray:
     """Check present (non-missing) labels against a task and return them as the task's array.

@@ -64,7 +64,7 @@ class Schedule(ABC):
         """Share :math:`p_t` of each task, in the order of ``sizes`` (task name -> number of samples)."""
 
     def sequence(
-        self, counts: Sequence[int], probabilities: np.ndarray, rng: np.random.Generator
+        self, counts: Sequence[int] | np.ndarray, probabilities: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(task, occurrence)`` of each step: see :func:`interleave`."""
         return interleave(counts, probabilities, rng if self.random else None)
@@ -213,7 +213,7 @@ def epoch_batches(length: str | int, probabilities: Any, passes: Any) -> int:
 
 
 def interleave(
-    counts: Sequence[int], probabilities: Any, rng: np.random.Generator | None = None
+    counts: Sequence[int] | np.ndarray, probabilities: Any, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Order ``counts[t]`` batches of each task :math:`t` by the times :math:`(j + u_{tj}) / p_t`.
 
@@ -227,10 +227,10 @@ def interleave(
         ``(task, occurrence)``: int32 arrays over the steps; step :math:`s` is batch number
         ``occurrence[s]`` of task ``task[s]``.
     """
-    counts = np.asarray(counts, dtype=np.int64)
+    n = np.asarray(counts, dtype=np.int64)
     p = np.asarray(probabilities, dtype=np.float64)
-    total = int(counts.sum())
-    task = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    total = int(n.sum())
+    task = np.repeat(np.arange(len(n), dtype=np.int32), n)
     firsts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     occurrence = (np.arange(total, dtype=np.int64) - np.repeat(firsts, counts)).astype(np.int32)
     jitter = 0.5 if rng is None else rng.random(total)

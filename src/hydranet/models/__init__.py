@@ -9,13 +9,13 @@ output}``, ``model.tasks``, ``model.shared_parameters()``, ``model.task_paramete
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from hydranet._checks import did_you_mean
 from hydranet.models.backbones import BACKBONES, MLP, ConvNet, LeNet, build_backbone, from_timm, from_torchvision
 from hydranet.models.branching import LTB
 from hydranet.models.dselect import DSelectGate, DSelectK, smooth_step
@@ -96,10 +96,8 @@ def build_architecture(
     architecture's own arguments (``num_experts``, ``levels``, ``k``, ``branches``, ...).
     """
     if name not in ARCHITECTURES:
-        close = difflib.get_close_matches(str(name), list(ARCHITECTURES), n=1)
         raise ValueError(
-            f"Unknown architecture {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
-            + f" Choose one of {', '.join(ARCHITECTURES)}."
+            f"Unknown architecture {name!r}.{did_you_mean(name, ARCHITECTURES)} Choose one of {', '.join(ARCHITECTURES)}."
         )
     cls = ARCHITECTURES[name]
     accepted = _accepted(cls)
@@ -110,12 +108,13 @@ def build_architecture(
         raise ValueError(f"Unknown option(s) {unknown} for architecture {name!r}; allowed: {', '.join(allowed)}.")
     make: Callable[[], nn.Module] = _backbone_factory(backbone, input_shape)
     common = dict(head=head, hidden=hidden, dropout=dropout, input_shape=input_shape, **options)
+    # The families take (backbone, tasks), (column, tasks) or (tasks, bottom): checked by name above.
+    build: Callable[..., MultiTaskModel] = cls
     if cls in _BACKBONE_ARCHITECTURES:
-        return cls(make(), tasks, **common)  # type: ignore[call-arg]
+        return build(make(), tasks, **common)
     if cls in _COLUMN_ARCHITECTURES:
-        return cls(make if not isinstance(backbone, nn.Module) else backbone, tasks, **common)  # type: ignore[call-arg]
-    bottom = make()
-    return cls(tasks, bottom, **common)  # type: ignore[call-arg]
+        return build(make if not isinstance(backbone, nn.Module) else backbone, tasks, **common)
+    return build(tasks, make(), **common)
 
 
 def _accepted(cls: type) -> set[str]:
@@ -123,7 +122,7 @@ def _accepted(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__[: cls.__mro__.index(MultiTaskModel)]:
         if "__init__" in vars(klass):
-            names |= set(inspect.signature(klass.__init__).parameters)
+            names |= set(inspect.signature(vars(klass)["__init__"]).parameters)
     return names - {"self", "kwargs"}
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from hydranet._checks import CUTOFF, did_you_mean
 from hydranet.models.heads import activation as make_activation
 
 __all__ = ["MLP", "ConvNet", "LeNet", "from_torchvision", "from_timm", "BACKBONES", "build_backbone"]
@@ -120,7 +121,7 @@ def _grid(pool: int | Sequence[int]) -> tuple[int, int]:
     cells = (pool, pool) if isinstance(pool, int) else tuple(pool) if isinstance(pool, Sequence) else ()
     if len(cells) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells):
         raise ValueError(f"pool must be a positive int or (rows, cols) of positive ints, got {pool!r}; e.g. pool=(1, 2).")
-    return cells  # type: ignore[return-value]
+    return cells
 
 
 class ConvNet(nn.Sequential):
@@ -246,8 +247,9 @@ def _strip_linear(model: nn.Module, attribute: str) -> int | None:
     if isinstance(part, nn.Sequential):
         # keep what precedes the last Linear (pooling, LayerNorm2d + Flatten, pre-logits): those make the features
         for index in reversed(range(len(part))):
-            if isinstance(part[index], nn.Linear):
-                width = part[index].in_features
+            layer = part[index]
+            if isinstance(layer, nn.Linear):
+                width = layer.in_features
                 part[index] = nn.Identity()
                 return width
     return None
@@ -269,7 +271,7 @@ def from_torchvision(name: str, weights: Any = None, **kwargs: Any) -> nn.Module
     builder = getattr(models, name, None)
     if not callable(builder) or name.startswith("_") or isinstance(builder, type):
         available = sorted(n for n in dir(models) if n[:1].islower() and callable(getattr(models, n)))
-        close = difflib.get_close_matches(name, available, n=3)
+        close = difflib.get_close_matches(name, available, n=3, cutoff=CUTOFF)  # several: builders come in families
         raise ValueError(
             f"torchvision.models has no model builder {name!r}."
             + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
@@ -330,10 +332,8 @@ def build_backbone(name: str, *, input_shape: int | Sequence[int] | None = None,
             kwargs.setdefault("in_chans", _as_shape(input_shape)[0])
         return PREFIXES[prefix](model_name, **kwargs)
     if name not in BACKBONES:
-        close = difflib.get_close_matches(name, list(BACKBONES), n=1)
         raise ValueError(
-            f"Unknown backbone {name!r}."
-            + (f" Did you mean {close[0]!r}?" if close else "")
+            f"Unknown backbone {name!r}.{did_you_mean(name, BACKBONES)}"
             + f" Registered: {', '.join(BACKBONES)}; or 'torchvision:<name>', 'timm:<name>'."
         )
     factory = BACKBONES[name]

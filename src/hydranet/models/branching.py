@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,8 @@ class LTB(MultiTaskModel):
         heads, head, hidden, dropout, feature_dim, input_shape: as for :class:`~hydranet.models.HydraNet`;
             head :math:`t` reads leaf :math:`t`.
     """
+
+    choices: nn.ModuleList | None  # the parent choices; None once finalize() has fixed the tree
 
     def __init__(
         self,
@@ -183,13 +185,23 @@ class LTB(MultiTaskModel):
     # -- the search ------------------------------------------------------------------------------------------
     def decisions(self, layer: int) -> Tensor:
         r"""``[K_l, K_{l-1}]``: the parent choices :math:`d_i` of layer ``layer`` (1-based; layers >= 2)."""
-        return torch.stack([c.sample(self.tau, self.hard, self.training) for c in self.choices[layer - 2]])
+        return torch.stack([c.sample(self.tau, self.hard, self.training) for c in self._choices(layer - 2)])
 
     def parents(self) -> list[list[int]]:
         """The argmax parent of every node of layers 2..L (the tree :meth:`finalize` would fix)."""
         if self.tree is not None:
             return [list(p) for p in self.tree]
-        return [[int(c.logits.argmax()) for c in layer] for layer in self.choices]
+        return [[int(c.logits.argmax()) for c in self._choices(l)] for l in range(len(self.branches) - 1)]
+
+    def _layer(self, l: int) -> nn.ModuleList:
+        """The nodes of layer ``l`` (0-based; ``-1``: the leaves)."""
+        return cast(nn.ModuleList, self.blocks[l])
+
+    def _choices(self, l: int) -> list[Choice]:
+        """The parent choices of the nodes of layer ``l + 1`` (0-based), before :meth:`finalize`."""
+        if self.choices is None:
+            raise RuntimeError("LTB.finalize() has fixed the tree: there are no parent choices left.")
+        return [cast(Choice, c) for c in cast(nn.ModuleList, self.choices[l])]
 
     def _input(self, x: Any) -> Tensor:
         return self.bottom(x) if self.bottom is not None else x
@@ -201,10 +213,10 @@ class LTB(MultiTaskModel):
             return self._finalized_features(u)
         if len(self.branches) == 1:
             return (u,)
-        h = [block(u) for block in self.blocks[0]]
+        h = [block(u) for block in self._layer(0)]
         for l in range(2, len(self.branches)):
             mixed = torch.einsum("ij,j...->i...", self.decisions(l).to(h[0].dtype), torch.stack(h))
-            h = [block(m) for block, m in zip(self.blocks[l - 1], mixed.unbind(0))]
+            h = [block(m) for block, m in zip(self._layer(l - 1), mixed.unbind(0))]
         return tuple(h)
 
     def heads_from_features(self, features: Features, tasks: TaskSelection = None) -> dict[str, Tensor]:
@@ -217,24 +229,24 @@ class LTB(MultiTaskModel):
         if len(feats) != expected:
             raise ValueError(f"LTB expects {expected} node output(s) from model.features(x), got {len(feats)}.")
         index = {t: i for i, t in enumerate(self.tasks)}
-        leaves = self.blocks[-1]
+        leaves = self._layer(-1)
         if len(self.branches) == 1:
             return {t: self._head(t, leaves[index[t]](feats[0])) for t in names}
         stacked = torch.stack(feats)
         out = {}
         for t in names:
-            d = self.choices[-1][index[t]].sample(self.tau, self.hard, self.training).to(stacked.dtype)
+            d = self._choices(-1)[index[t]].sample(self.tau, self.hard, self.training).to(stacked.dtype)
             out[t] = self._head(t, leaves[index[t]](torch.einsum("j,j...->...", d, stacked)))
         return out
 
     def _task_modules(self, task: str) -> list[nn.Module]:
         i = self.task_names.index(task)
-        modules: list[nn.Module] = [self.heads[task], self.blocks[-1][i]]
+        modules: list[nn.Module] = [self.heads[task], self._layer(-1)[i]]
         if self.tree is None:
             if len(self.branches) > 1:
-                modules.append(self.choices[-1][i])
+                modules.append(self._choices(-1)[i])
             return modules
-        return modules + [self.blocks[l][n] for l, n in self._own[task]]
+        return modules + [self._layer(l)[n] for l, n in self._own[task]]
 
     # -- the derived tree ------------------------------------------------------------------------------------
     def finalize(self, tree: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
@@ -262,11 +274,11 @@ class LTB(MultiTaskModel):
             for i, parent in enumerate(chosen[l - 1]):
                 below[l - 1][parent] |= below[l][i]
         self.tree = chosen
-        self.choices = None  # type: ignore[assignment]
+        self.choices = None
         for l, layer in enumerate(below):
             for i, leaves in enumerate(layer):
                 if not leaves:
-                    self.blocks[l][i] = nn.Identity()
+                    self._layer(l)[i] = nn.Identity()
         self._below = below
         # for each task, its own nodes below the leaf and the (layer, node) its branch starts from (-1: the input)
         self._own: dict[str, list[tuple[int, int]]] = {}
@@ -283,12 +295,14 @@ class LTB(MultiTaskModel):
         return [list(p) for p in chosen]
 
     def _finalized_features(self, u: Tensor) -> tuple[Tensor, ...]:
+        tree = self.tree
+        assert tree is not None  # called once finalize() has set it
         outputs: dict[tuple[int, int], Tensor] = {(-1, 0): u}
         for l, layer in enumerate(self._below):
             for i, leaves in enumerate(layer):
                 if len(leaves) >= 2:  # shared nodes only; a shared node's parent is shared too
-                    parent = (-1, 0) if l == 0 else (l - 1, self.tree[l - 1][i])  # type: ignore[index]
-                    outputs[(l, i)] = self.blocks[l][i](outputs[parent])
+                    parent = (-1, 0) if l == 0 else (l - 1, tree[l - 1][i])
+                    outputs[(l, i)] = self._layer(l)[i](outputs[parent])
         # a branch point may lie below another: alias them, so that the gradient with respect to each is the
         # partial one (through the branches that start there) and the chain rule counts each path once
         return tuple(outputs[s].view_as(outputs[s]) for s in self._starts)
@@ -301,17 +315,19 @@ class LTB(MultiTaskModel):
         for t in names:
             h = start[self._start[t]]
             for l, n in self._own[t]:
-                h = self.blocks[l][n](h)
-            out[t] = self._head(t, self.blocks[-1][self.task_names.index(t)](h))
+                h = self._layer(l)[n](h)
+            out[t] = self._head(t, self._layer(-1)[self.task_names.index(t)](h))
         return out
 
     def forward(
         self, x: Any, tasks: TaskSelection = None, return_features: bool = False
     ) -> dict[str, Tensor] | tuple[dict[str, Tensor], Features]:
-        outputs, features = super().forward(x, tasks, return_features=True)
+        names = self.select_tasks(tasks)
+        features = self.features(x)
+        outputs = self.heads_from_features(features, names)
         if not return_features:
             return outputs
-        constant = [t for t in self.select_tasks(tasks) if not self._starts_from_shared(t, features)]
+        constant = [t for t in names if not self._starts_from_shared(t, features)]
         if constant:
             raise ValueError(
                 f"LTB: the branch of task(s) {constant} starts at the raw input, so it shares no representation "

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,8 @@ class DSelectGate(nn.Module):
     ``selectors(u)`` is :math:`r(z^{(j)})` for every selector (``[B, k, n]``, or ``[k, n]`` static);
     ``forward(u)`` the expert weights :math:`q` (``[B, n]``, or ``[n]`` static).
     """
+
+    codes: Tensor  # [n, m] bool buffer: the binary code of each expert
 
     def __init__(self, num_experts: int, k: int, gamma: float = 1.0, in_features: int | None = None) -> None:
         super().__init__()
@@ -194,13 +196,13 @@ class DSelectK(MMoE):
         super().__init__(tasks, bottom, num_experts=num_experts, **kwargs)
         self.k, self.gamma, self.entropy_reg = k, float(gamma), float(entropy_reg)
         width = self.input_size if per_example else None
-        self.levels[0].gates = TaskDict({t: DSelectGate(num_experts, k, gamma, width) for t in self.task_names})
+        self._levels()[0].gates = TaskDict({t: DSelectGate(num_experts, k, gamma, width) for t in self.task_names})
         self._check_partition()
 
     @property
     def gates(self) -> TaskDict:
         """The DSelect-k gate of each task."""
-        return self.levels[0].gates
+        return self._levels()[0].gates
 
     def expert_weights(self, features: Tensor, tasks: TaskSelection = None) -> dict[str, Tensor]:
         """``{task: q [batch, n]}``, the mixture weights each task's gate gives the experts."""
@@ -223,4 +225,5 @@ class DSelectK(MMoE):
         """``{task: scalar}``: each task's gate regulariser (see the module docstring), to add to its loss."""
         names = self.select_tasks(tasks)
         _, inputs = self._top_inputs(features, names)
-        return {t: self.gates[t].regularization(inputs[t].flatten(1), self.entropy_reg) for t in names}
+        gates = {t: cast(DSelectGate, self.gates[t]) for t in names}
+        return {t: gates[t].regularization(inputs[t].flatten(1), self.entropy_reg) for t in names}

@@ -46,7 +46,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,11 @@ def _mix(logits: Tensor, experts: Tensor) -> Tensor:
 
 class _Level(nn.Module):
     """One extraction level: shared experts, per-task experts and gates, and (below the top) a shared gate."""
+
+    shared: nn.Module
+    task_experts: TaskDict
+    gates: TaskDict
+    shared_gate: nn.Linear | None
 
     def __init__(
         self,
@@ -304,13 +309,14 @@ class PLE(MultiTaskModel):
         u = self._inputs(x)
         names = self.task_names
         shared_in, task_in = u, dict.fromkeys(names, u)
-        for level in list(self.levels)[:-1]:
+        for level in self._levels()[:-1]:
             shared_out = level.shared(shared_in)
             task_out = {t: level.task_experts[t](task_in[t]) for t in names} if self.n_task else {}
             pool = torch.cat([*task_out.values(), shared_out], dim=1)
+            assert level.shared_gate is not None  # every level below the top has one
             shared_in = _mix(level.shared_gate(shared_in.flatten(1)), pool)
             task_in = {t: level.task_mixture(t, task_in[t], shared_out, task_out.get(t)) for t in names}
-        top = self.levels[-1]
+        top = self._levels()[-1]
         parts = [top.shared(shared_in).flatten(1)] if self.n_shared else []
         if self.n_levels == 1:
             parts.append(u.flatten(1))
@@ -330,7 +336,7 @@ class PLE(MultiTaskModel):
         """The towers of ``tasks`` on their top-level mixtures, from :meth:`features`' output."""
         names = self.select_tasks(tasks)
         shared_out, inputs = self._top_inputs(features, names)
-        top = self.levels[-1]
+        top = self._levels()[-1]
         return {t: self._head(t, top.task_mixture(t, inputs[t], shared_out)) for t in names}
 
     def _top_inputs(self, features: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -356,13 +362,17 @@ class PLE(MultiTaskModel):
             inputs = {t: top_in[:, index[t]] for t in names}
         return shared_out, inputs
 
+    def _levels(self) -> list[_Level]:
+        """The extraction levels, bottom to top."""
+        return [cast(_Level, level) for level in self.levels]
+
     def _task_modules(self, task: str) -> list[nn.Module]:
-        top = self.levels[-1]
+        top = self._levels()[-1]
         modules: list[nn.Module] = [self.heads[task], top.gates[task]]
         if self.n_task:
             modules.append(top.task_experts[task])
         if self.n_levels >= 2:  # its output only feeds this task's top-level experts and gate
-            modules.append(self.levels[-2].gates[task])
+            modules.append(self._levels()[-2].gates[task])
         return modules
 
 
@@ -480,8 +490,13 @@ class CrossStitch(MultiTaskModel):
         self._attach_heads(self.feature_dim, HeadOptions(heads, head, hidden, dropout), probe)
 
     @staticmethod
-    def _segments(column: nn.Sequential) -> list[nn.Sequential]:
+    def _segments(column: nn.Module) -> list[nn.Sequential]:
         """Split a column after each stage with parameters; trailing parameter-free stages join the last."""
+        if not isinstance(column, nn.Sequential):  # a factory's later call, say: the callers check the first
+            raise TypeError(
+                f"A column must be an nn.Sequential of stages, got {type(column).__name__}: wrap its layers, e.g. "
+                "nn.Sequential(stage1, stage2, pool)."
+            )
         segments: list[list[nn.Module]] = [[]]
         for stage in column:
             segments[-1].append(stage)
@@ -502,7 +517,8 @@ class CrossStitch(MultiTaskModel):
         hidden: list[Tensor] = [z] * len(self.tasks)
         mixed = z
         for s, stitch in enumerate(self.stitches):
-            stacked = torch.stack([col[s](h) for col, h in zip(self.columns, hidden)])  # [T, B, ...]
+            stages = [cast(nn.ModuleList, col)[s] for col in self.columns]
+            stacked = torch.stack([stage(h) for stage, h in zip(stages, hidden)])  # [T, B, ...]
             mixed = torch.einsum("ij,j...->i...", stitch.to(stacked.dtype), stacked)
             hidden = list(mixed.unbind(0))
         return mixed.movedim(0, 1)

@@ -31,7 +31,6 @@ them, once for all architectures.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hydranet._checks import did_you_mean
 from hydranet.models.heads import HeadSpec, build_heads, head_in_features
 from hydranet.tasks import Task, TaskDict, as_task_dict
 
@@ -95,8 +95,7 @@ class UnknownTaskError(KeyError, ValueError):
 
 
 def _unknown(name: Any, known: Sequence[str]) -> UnknownTaskError:
-    close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, known)
     return UnknownTaskError(f"Unknown task {name!r}: this model's tasks are {', '.join(map(repr, known))}.{hint}")
 
 
@@ -193,6 +192,8 @@ class MultiTaskModel(nn.Module):
     task-specific part) and :meth:`_task_modules` (the modules that belong to one task only).
     """
 
+    heads: TaskDict  # set by _attach_heads, last in every constructor
+
     def __init__(self, tasks: Iterable[Task] | Mapping[str, Task]) -> None:
         super().__init__()
         self.tasks: dict[str, Task] = as_task_dict(tasks)
@@ -216,8 +217,11 @@ class MultiTaskModel(nn.Module):
         """The shared representation the task-specific modules read."""
         raise NotImplementedError
 
-    def heads_from_features(self, features: Features, tasks: TaskSelection = None) -> dict[str, Tensor]:
-        """``{task: output}`` for ``tasks`` (all by default), from the output of :meth:`features`."""
+    def heads_from_features(self, features: Any, tasks: TaskSelection = None) -> dict[str, Tensor]:
+        """``{task: output}`` for ``tasks`` (all by default), from the output of :meth:`features`.
+
+        ``features`` is typed ``Any`` here: each architecture takes what its own :meth:`features` returns
+        (a tensor, or a tuple of node outputs for LTB), and narrows the type in its override."""
         raise NotImplementedError
 
     def _task_modules(self, task: str) -> list[nn.Module]:

@@ -34,7 +34,7 @@ there is no representation every shared parameter goes through and ``return_feat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +192,7 @@ class MTAN(MultiTaskModel):
         """Each stage's output shape (one sample), and the tail's output on a dry run of two zero inputs."""
         ref = next(self.stages.parameters())
         h = torch.zeros(2, *input_shape, dtype=ref.dtype, device=ref.device)
-        shapes = []
+        shapes: list[tuple[int, ...]] = []
         was_training = self.training
         self.eval()
         try:
@@ -245,8 +245,8 @@ class MTAN(MultiTaskModel):
         return self._attend(features, task)[1]
 
     def _attend(self, features: Sequence[Tensor], task: str) -> tuple[Tensor, list[Tensor]]:
-        attention = self.attention[task]
-        blocks = self.blocks if self.blocks is not None else self.task_blocks[task]
+        attention = cast(nn.ModuleList, self.attention[task])
+        blocks = self.blocks if self.blocks is not None else cast(nn.ModuleList, self.task_blocks[task])
         attended: Tensor | None = None
         masks = []
         for j, p in enumerate(features):

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hydranet._checks import did_you_mean
+from hydranet.data._none import none_mask
 from hydranet.data.readers._hf_arrow import (
+    Problems,
     describe,
     distinct_names,
     float_values,
@@ -187,7 +189,7 @@ def _class_task(d: Declared, kind: str, names: list[str] | None, n_classes: int,
 
 def _indices_to_classes(
     d: Declared, values: np.ndarray, valid: np.ndarray, n_classes: int, source: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Problems]:
     """int64 class indices (-1 missing) and problems, from numbers that should be indices in [0, n)."""
     finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), dtype=bool)
     whole = finite & (np.floor(values) == values) if values.dtype.kind == "f" else finite
@@ -290,7 +292,7 @@ def _strings(d: Declared, array: pa.Array, vocab: Sequence[str] | None, unknown:
     present = codes >= 0
     values = np.full(len(codes), fill, dtype=encoded.values.dtype)
     values[present] = encoded.values[codes[present]]
-    bad_names = np.flatnonzero(~np.equal(encoded.problems, None))  # problems of distinct values
+    bad_names = np.flatnonzero(~none_mask(encoded.problems))  # problems of distinct values
     bad = np.flatnonzero(present & np.isin(codes, bad_names))
     return LabelColumn(values, encoded.task, encoded.vocabulary, bad, encoded.problems[codes[bad]].tolist())
 
@@ -316,14 +318,14 @@ def _multilabel(d: Declared, inner: Any, kind_of: str, array: pa.Array, vocab: S
         width = len(names)
     else:
         names = list(given) if given is not None else None
-        width = d.options.get("num_classes") or (len(names) if names is not None else None)
-        if width is None:
+        declared = d.options.get("num_classes") or (len(names) if names is not None else None)
+        if declared is None:
             raise ValueError(
                 f"Task {name!r}{source} is a List of integers: declare it multilabel with its number of labels, "
                 f"e.g. tasks={{{name!r}: {{'kind': 'multilabel', 'num_classes': K}}}} (the integers are the indices "
                 "of the labels present)."
             )
-        width = int(width)
+        width = int(declared)
     use = (codes >= 0) & (codes < width)
     bad_rows = np.unique(owner[~use & (codes != _DROPPED)])
     problems = make_problems(bad_rows, [f"{name}: a value in row {k} is not a label in [0, {width})" for k in bad_rows])

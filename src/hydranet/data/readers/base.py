@@ -23,9 +23,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from hydranet._checks import check_choice, check_number
 from hydranet.data._collate import make_collate
+from hydranet.data._none import none_mask
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
-from hydranet.data.readers.images import DefaultTransform, ImageReadError, check_images, load_image
+from hydranet.data.readers.images import CheckLevel, DefaultTransform, ImageReadError, check_images, load_image
 from hydranet.data.split import split_indices, strata
 from hydranet.tasks import Task
 
@@ -140,6 +141,8 @@ class ReaderDataset(MultiTaskDataset):
 
     vocabularies: dict[str, list[str]]
     skipped: list[Skipped]
+    _samples: Dataset
+    _columns: dict[str, np.ndarray]
 
     @classmethod
     def build(
@@ -231,12 +234,13 @@ class ReaderDataset(MultiTaskDataset):
         if fractions is not None and (val is not None or test is not None):
             raise ValueError("Give fractions=[...] or val= / test=, not both.")
         named = fractions is None
-        if named:
-            shares = {"val": val, "test": test}
-            for name, value in shares.items():
-                if value is not None:
-                    shares[name] = check_number(name, value, 0.0, 1.0, hint="a share of the samples, e.g. 0.1")
-            rest = 1.0 - sum(v or 0.0 for v in shares.values())
+        present: list[str] = []
+        if fractions is None:
+            shares = {
+                name: 0.0 if value is None else check_number(name, value, 0.0, 1.0, hint="a share of the samples, e.g. 0.1")
+                for name, value in (("val", val), ("test", test))
+            }
+            rest = 1.0 - sum(shares.values())
             if rest <= 0 or not any(shares.values()):
                 raise ValueError(
                     f"split(val={val!r}, test={test!r}): give val and/or test as shares in [0, 1) with val + test < 1, "
@@ -293,17 +297,17 @@ def resolve_transform(
     return transform
 
 
-def drop_problems(names: Sequence[str], columns: Sequence[Encoded]) -> tuple[np.ndarray, list[Skipped]]:
+def drop_problems(names: Sequence[str] | np.ndarray, columns: Sequence[Encoded]) -> tuple[np.ndarray, list[Skipped]]:
     """``(keep mask, skipped)``: samples with an unusable value in any task are left out."""
     problems = first_problems([c.problems for c in columns], len(names))
-    bad = np.flatnonzero(~np.equal(problems, None))
+    bad = np.flatnonzero(~none_mask(problems))
     keep = np.ones(len(names), dtype=bool)
     keep[bad] = False
-    return keep, [Skipped(names[k], problems[k]) for k in bad]
+    return keep, [Skipped(names[k], problems[k]) for k in bad.tolist()]
 
 
 def screen_images(
-    paths: Sequence[str], verify: Verify, on_error: OnError, *, need_sizes: bool = False
+    paths: Sequence[str] | np.ndarray, verify: Verify, on_error: OnError, *, need_sizes: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, list[Skipped]]:
     """Check the files up front when asked (``verify``, or ``on_error="skip"``, which needs it).
 
@@ -314,7 +318,7 @@ def screen_images(
     keep = np.ones(len(paths), dtype=bool)
     if not (verify or on_error == "skip" or need_sizes):
         return keep, None, []
-    level = "decode" if verify == "decode" else ("verify" if (verify or on_error == "skip") else "header")
+    level: CheckLevel = "decode" if verify == "decode" else ("verify" if (verify or on_error == "skip") else "header")
     sizes, errors = check_images(paths, level)
     if errors and on_error == "error":
         raise ImageReadError(

@@ -29,10 +29,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple, Union
 
 import numpy as np
 
+from hydranet.data._none import none_mask
 from hydranet.tasks import KINDS, MISSING_INT, Task
 
 __all__ = [
@@ -82,7 +84,8 @@ def listing(entries: Sequence[str]) -> str:
 
 def reader_warning(message: str) -> None:
     """Warn with the user's line as the location: the first caller outside this package."""
-    level, frame = 1, sys._getframe(0)
+    level = 1
+    frame: FrameType | None = sys._getframe(0)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ReaderWarning, stacklevel=level)
@@ -121,6 +124,7 @@ def declare_tasks(tasks: TasksArg, *, default_kind: str | None = None, allow_emp
     for name, spec in items:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"Task name {name!r} is not valid: use an identifier such as 'age' or 'color'.")
+        kind: str | None
         if isinstance(spec, Task):
             if spec.name != name:
                 raise ValueError(f"tasks={{{name!r}: Task({spec.name!r}, ...)}}: the key and the Task's name differ.")
@@ -262,7 +266,7 @@ def encode_column(
     """
     name = declared.name
     n = len(cells)
-    present = ~np.equal(cells, None)
+    present = ~none_mask(cells)
     texts, inverse = np.unique(cells[present].astype(str), return_inverse=True)
     # Everything below works on the distinct values, then maps back with `inverse`.
     problems_u = np.full(len(texts), None, dtype=object)
@@ -275,10 +279,10 @@ def encode_column(
             except Exception as err:  # a user's converter may raise anything; report it with the value
                 problems_u[k] = f"{name}={str(text)!r}: converter failed ({type(err).__name__}: {err})"
         as_text = np.array(["" if v is None else str(v) for v in converted], dtype=str)
-        usable = ~np.equal(converted, None)  # a converter returns None for a missing label
+        usable = ~none_mask(converted)  # a converter returns None for a missing label
     else:
         usable = np.ones(len(texts), dtype=bool)
-    usable &= np.equal(problems_u, None)
+    usable &= none_mask(problems_u)
     numbers, numeric = _parse_numbers(as_text)
     numeric &= usable
     integral = numeric & np.isfinite(numbers) & (numbers == np.floor(numbers))
@@ -386,6 +390,6 @@ def first_problems(problems: Sequence[np.ndarray], n: int) -> np.ndarray:
     """Object ``[n]``: for each sample, the first of its problems (``None`` if it has none)."""
     out = np.full(n, None, dtype=object)
     for column in problems:
-        fill = np.equal(out, None) & ~np.equal(column, None)
+        fill = none_mask(out) & ~none_mask(column)
         out[fill] = column[fill]
     return out

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hydranet._checks import check_bool, check_choice
+from hydranet.data._none import NONE, none_mask
 from hydranet.data.readers.base import (
     ImageSamples,
     OnError,
@@ -136,7 +137,7 @@ def _from_rows(
     if landmark_columns is not None and (len(landmark_columns) == 0 or len(landmark_columns) % 2):
         raise ValueError(f"landmark_columns= names x, y columns in pairs; got {list(landmark_columns)}.")
     cells = table.column(path_column)
-    keys = np.char.replace(np.where(np.equal(cells, None), "", cells).astype(str), "\\", "/")
+    keys = np.char.replace(np.where(none_mask(cells), "", cells).astype(str), "\\", "/")
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     # Images in the order they first appear; the rows of an image may be anywhere in the file.
     order = np.argsort(first, kind="stable")
@@ -158,7 +159,7 @@ def _from_rows(
         wrong = bad | (given.any(axis=1) & ~complete) | (complete & ~np.isfinite(values).all(axis=1))
         fill = np.zeros(n, dtype=bool)
         fill[image_of_row[wrong]] = True
-        problems[fill & np.equal(problems, None)] = f"a row has incomplete or non-numeric {what} ({', '.join(names)})"
+        problems[fill & none_mask(problems)] = f"a row has incomplete or non-numeric {what} ({', '.join(names)})"
         return values, complete & ~wrong
 
     values, is_box = numbers(box_columns, "box coordinates")
@@ -171,7 +172,7 @@ def _from_rows(
         boxes_per_image = np.bincount(owner, minlength=n)
         points_per_image = np.bincount(image_of_row[is_box & with_points], minlength=n)
         has_points = points_per_image == boxes_per_image
-        mixed = (points_per_image > 0) & ~has_points & np.equal(problems, None)
+        mixed = (points_per_image > 0) & ~has_points & none_mask(problems)
         problems[mixed] = "some boxes of the image have landmarks and others not"
         points = point_values[is_box][by_image]
     boxes = values[is_box][by_image]
@@ -257,7 +258,7 @@ def read_detection(
         cells = table.column(d.name)
         disagree = np.zeros(n, dtype=bool)
         disagree[notes.image_of_row[np.not_equal(cells, cells[first][notes.image_of_row])]] = True
-        problems.append(np.where(disagree, f"its rows disagree on {d.name!r}", None))
+        problems.append(np.where(disagree, f"its rows disagree on {d.name!r}", NONE))
         source = f" (field of {table.source.name})"
         columns.append(encode_column(d, cells[first], vocabulary=vocab.get(d.name), unknown=unknown, source=source))
     problems += [c.problems for c in columns]
@@ -268,18 +269,18 @@ def read_detection(
         paths, empty, base, rows=list(np.asarray(table.rows, dtype=object)[first]), source=table.source,
         allow=allow_outside_root,
     )
-    problems.append(np.where(empty, f"empty {path_column!r}", None))
+    problems.append(np.where(empty, f"empty {path_column!r}", NONE))
     sizes = None
     if all(c in table.columns for c in size_columns):
         sizes = np.stack([number_cells(table.column(c)[first])[0] for c in size_columns], axis=1)
-        problems.append(np.where((sizes > 0).all(axis=1), None, f"{' and '.join(size_columns)} must be positive"))
+        problems.append(np.where((sizes > 0).all(axis=1), NONE, f"{' and '.join(size_columns)} must be positive"))
     b = notes.boxes
     invalid = ~np.isfinite(b).all(axis=1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     bad_box = np.zeros(n, dtype=bool)
     bad_box[notes.owner[invalid]] = True
-    problems.append(np.where(bad_box, "a box is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2", None))
+    problems.append(np.where(bad_box, "a box is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2", NONE))
     problem = first_problems(problems, n)
-    keep = np.equal(problem, None)
+    keep = none_mask(problem)
     names = np.where(empty, np.array(table.rows, dtype=object)[first], paths)
     skipped = [Skipped(names[k], problem[k]) for k in np.flatnonzero(~keep)]
 

@@ -83,7 +83,7 @@ def _check_one(path: str, level: CheckLevel) -> tuple[int, int, str | None]:
 
 
 def check_images(
-    paths: Sequence[str], level: CheckLevel = "verify", *, workers: int | None = None
+    paths: Sequence[str] | np.ndarray, level: CheckLevel = "verify", *, workers: int | None = None
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Open every file (in parallel threads: this is IO) and report the unreadable ones.
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from hydranet._checks import check_bool, check_choice
+from hydranet.data._none import none_mask
 from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
@@ -37,7 +39,6 @@ from hydranet.data.readers.base import (
     resolve_transform,
     screen_images,
 )
-from hydranet._checks import check_bool, check_choice
 from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column, listing
 from hydranet.data.readers.tables import Table, confine_paths, load_table, number_cells, resolve_paths
 
@@ -210,10 +211,10 @@ def _tabular(table: Table, features: list[str], columns: list[Any]) -> ReaderDat
         values[:, j], bad = number_cells(table.column(name))
         missing = ~np.isfinite(values[:, j]) & ~bad
         for rows, what in ((bad, "is not a number"), (missing, "is empty or not finite")):
-            fill = rows & np.equal(problems, None)
+            fill = rows & none_mask(problems)
             problems[fill] = f"feature {name!r} {what}"
     keep, skipped = drop_problems(table.rows, columns)
-    unusable = ~np.equal(problems, None) & keep
+    unusable = ~none_mask(problems) & keep
     skipped += [Skipped(table.rows[k], problems[k]) for k in np.flatnonzero(unusable)]
     keep &= ~unusable
     columns = [c.take(keep) for c in columns]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 import json
 import math
 import os
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hydranet._checks import did_you_mean
+from hydranet.data._none import none_mask
 from hydranet.data.readers.columns import text_cells
 
 __all__ = ["Table", "confine_paths", "load_table", "number_cells", "object_cells", "resolve_paths", "rows_listing"]
@@ -48,10 +49,8 @@ class Table:
         if name not in self.columns and lists:
             raise ValueError(f"{self.source.name}: field {name!r} holds lists; a label is one number or string.")
         if name not in self.columns:
-            close = difflib.get_close_matches(name, list(self.columns), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"{self.source.name} has no {what} {name!r}.{hint} It has: {', '.join(map(repr, self.columns))}."
+                f"{self.source.name} has no {what} {name!r}.{did_you_mean(name, self.columns)} It has: {', '.join(map(repr, self.columns))}."
             )
         return self.columns[name]
 
@@ -183,7 +182,7 @@ def _load_parquet(source: Path) -> Table:
 
 def number_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(values float64, bad)``: cells as numbers (NaN where missing); ``bad`` where not a number."""
-    present = ~np.equal(cells, None)
+    present = ~none_mask(cells)
     values = np.full(cells.shape, np.nan)
     bad = np.zeros(cells.shape, dtype=bool)
     texts = cells[present].astype(str)
@@ -206,7 +205,7 @@ def number_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def resolve_paths(cells: np.ndarray, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(paths, empty)``: manifest path cells as usable paths; ``empty`` where a cell has no path."""
-    empty = np.equal(cells, None)
+    empty = none_mask(cells)
     text = np.where(empty, "", cells).astype(str)
     text = np.char.replace(text, "\\", "/")  # Windows separators (images\a\b.jpg)
     absolute = np.char.startswith(text, "/") | (np.char.find(text, ":/") == 1)  # /x, //server/x, C:/x
@@ -243,7 +242,7 @@ def confine_paths(
         return
     roots = {os.path.normpath(str(root)), os.path.normpath(os.path.realpath(root))}
     outside = [
-        k for k in np.flatnonzero(suspect)
+        k for k in np.flatnonzero(suspect).tolist()
         if not any(_under(os.path.normpath(text[k]), r) for r in roots)
     ]
     if not outside:

@@ -156,10 +156,10 @@ class Pipe:
     def _keep(self, raw: Any, sample: tuple[Any, Mapping[str, Any]]) -> bool:
         value = self.label(raw) if self.label is not None else sample[1].get(self.task)
         try:
-            c = int(value)
+            c = int(value) if value is not None else -1
         except (TypeError, ValueError):
             c = -1
-        if c < 0 or (hasattr(value, "__float__") and float(value) != c):
+        if c < 0 or (value is not None and hasattr(value, "__float__") and float(value) != c):
             raise ValueError(
                 f"Task {self.task!r}: class balancing needs one integer class >= 0 per sample, got {value!r}. "
                 "Pass labels= (a field name or a function of the raw sample) that reads the class."
@@ -211,7 +211,7 @@ class Pipe:
 
     def take(self, n: int, restart: bool) -> list[Any] | None:
         """``n`` samples; at the end of a pass the next starts (``restart``) or ``None`` is returned."""
-        out = []
+        out: list[Any] = []
         while len(out) < n:
             sample = self.next()
             if sample is _END:

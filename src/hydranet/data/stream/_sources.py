@@ -71,8 +71,10 @@ def _load_npy(data: bytes) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     start = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
     header = data[:start]
-    parsed = _NPY_HEADERS.get(header, False)
-    if parsed is False:
+    parsed: tuple[np.dtype, tuple[int, ...]] | None
+    if header in _NPY_HEADERS:
+        parsed = _NPY_HEADERS[header]
+    else:
         buf = io.BytesIO(header)
         version = np.lib.format.read_magic(buf)
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

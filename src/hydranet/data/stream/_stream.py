@@ -302,7 +302,8 @@ class MultiTaskStream(IterableDataset):
                 samples = run.pipes[t].take(self.batch_size, restart)
             else:
                 parts = [p.take(self.quotas[p.task], restart) for p in run.pipes]
-                samples = None if any(x is None for x in parts) else [s for x in parts for s in x]
+                got = [x for x in parts if x is not None]
+                samples = None if len(got) < len(parts) else [s for x in got for s in x]
             if samples is None:
                 break
             if restart:
