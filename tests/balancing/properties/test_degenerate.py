@@ -33,10 +33,9 @@ from scipy.optimize import minimize, nnls
 from hydranet.balancing.aggregators import AGGREGATORS, CAGrad, DualProj, IMTLG, MoCo, UPGrad
 
 NAMES = sorted(AGGREGATORS)
+PERMUTATION_INVARIANT = ["mean", "sum", "mgda", "upgrad", "dualproj", "imtl_g", "cagrad", "aligned_mtl", "config"]
 # Krum: ties between different rows have probability 0 here (identical rows give the same update).
-PERMUTATION_INVARIANT = [
-    "mean", "sum", "mgda", "upgrad", "dualproj", "imtl_g", "cagrad", "aligned_mtl", "config", "krum", "trimmed_mean",
-]  # fmt: skip
+PERMUTATION_INVARIANT_ON_FAMILIES = PERMUTATION_INVARIANT + ["krum", "trimmed_mean"]
 HOMOGENEOUS = [
     "mean", "sum", "pcgrad", "gradvac", "graddrop", "mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad", "dualproj", "config",
     "krum", "trimmed_mean", "constant",
@@ -125,7 +124,7 @@ def test_the_non_conflicting_methods_conflict_with_no_row_of_any_family(method, 
 # -- permutation invariance ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PERMUTATION_INVARIANT)
+@pytest.mark.parametrize("name", PERMUTATION_INVARIANT_ON_FAMILIES)
 def test_permuting_the_rows_of_any_family_leaves_the_update_unchanged(name):
     rng = np.random.default_rng(0)
     for label, G in matrices(method=name):
@@ -144,14 +143,23 @@ cases = st.tuples(st.sampled_from(sorted(FAMILIES)), st.integers(0, 10**6), st.s
 @given(case=cases, scale=st.sampled_from(SCALES), order=st.randoms(use_true_random=False))
 def test_permutation_invariance_on_drawn_degenerate_matrices(name, case, scale, order):
     kind, seed, (tasks, params) = case
-    if tasks < getattr(build(name), "min_rows", 1):
-        return  # refused by design (test_every_family_and_scale_gives_a_finite_update checks the refusal)
     G = family(kind, seed, tasks, params) * scale
     rows = list(range(tasks))
     order.shuffle(rows)
     expected = build(name)(G)
     size = max(float(expected.norm()), float(torch.linalg.matrix_norm(G, ord=2)))
     assert float((build(name)(G[rows]) - expected).norm()) <= RTOL.get(name, 1e-6) * size
+
+
+@pytest.mark.xfail(strict=True, reason="UPGrad's dual-cone solve is order-dependent on some strictly weak matrices "
+                   "(0 on the boundary of the hull): 2.6% of |G| here; benchmarks/degenerate.py counts 8 such cases")
+def test_upgrad_permutation_on_a_strictly_weak_matrix_found_by_hypothesis():
+    G = family("strictly_weak", 8266, 10, 7) * 1e-5
+    expected = UPGrad()(G)
+    size = max(float(expected.norm()), float(torch.linalg.matrix_norm(G, ord=2)))
+    for seed in range(20):
+        rows = np.random.default_rng(seed).permutation(10)
+        assert float((UPGrad()(G[rows]) - expected).norm()) <= 1e-6 * size
 
 
 # -- linearity under scaling -----------------------------------------------------------------------
