@@ -200,3 +200,15 @@ def test_messages_are_one_line_and_phrased_for_the_config():
         "2 unreadable files a.jpg Fix or remove them, or set `on_error: skip` in the data source to leave them out."
     )
     assert "`verify: true`" in one_line("run with verify=True to check all files up front")
+
+
+@pytest.mark.parametrize("name", __import__("hydranet.train.errors", fromlist=["x"]).__all__)
+def test_every_training_error_class_has_its_code(name):
+    """Every class of hydranet.train.errors (and so any subclass added there): the library's message,
+    exit 1, or 3 for those that are OSErrors (a checkpoint that could not be written)."""
+    from hydranet.train import errors
+
+    cls = getattr(errors, name)
+    outcome = classify(cls("the message"))
+    assert outcome.code == (EXIT_IO if issubclass(cls, OSError) else EXIT_FAILURE)
+    assert outcome.message == "error: the message"

@@ -99,3 +99,12 @@ def test_version_is_the_package_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == hydranet.__version__
+
+
+def test_version_is_argparse_version_action():
+    import argparse
+
+    from hydranet.cli.main import build_parser
+
+    (action,) = [a for a in build_parser()._actions if "--version" in a.option_strings]
+    assert isinstance(action, argparse._VersionAction)

@@ -138,3 +138,20 @@ def test_utkface_config_end_to_end(tmp_path, capsys):
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 12  # the test part: 10 % of 120 images
     assert torch.load(out / "best.pt", weights_only=True)["tasks"]["race"]["class_names"][0] == "white"
+
+
+def test_hf_source_with_a_split(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=60), rng.normal(size=60)
+    datasets.Dataset.from_dict({"a": a, "b": b, "label": np.where(a > 0, "up", "down").tolist()}).save_to_disk(
+        str(tmp_path / "table")
+    )
+    (tmp_path / "hf.yaml").write_text(
+        "data:\n  train: {source: hf, path: table, input: [a, b], tasks: {label: multiclass}}\n"
+        "  split: {val: 0.25}\nsampler: {batch_size: 8}\ntrainer: {epochs: 1, progress: false}\n"
+    )
+    cfg = load_config(tmp_path / "hf.yaml", overrides={"output": str(tmp_path / "run")})
+    train = build_split(cfg, "train")
+    val = build_split(cfg, "val", build_tasks(cfg, train.tasks))
+    assert (len(train), len(val)) == (45, 15) and train.vocabularies == val.vocabularies == {"label": ["down", "up"]}
