@@ -1,7 +1,8 @@
 # `make demo` and `make test` are all a fresh machine needs: the first use creates .venv and installs
 # exact versions from constraints.txt (torch first, so that its local CPU build is the one taken).
 # `make demo` installs the core with the extras the demo uses (its digits, the report's figures,
-# TensorBoard logs); `make test` everything the tests need (the dev extra).
+# TensorBoard logs); `make test` everything the tests need (the dev extra, and the bench extra: the tests
+# and benchmarks/balancing.py compare against TorchJD).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml constraints.txt $(TORCH)
 	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt $(TORCH)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	touch $(STAMP) $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
