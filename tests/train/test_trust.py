@@ -344,6 +344,11 @@ def test_resuming_with_another_optimizer_names_both(run_folder):
         t.fit(batches(2), epochs=2, resume="last")
 
 
+def test_resuming_with_another_balancer_is_the_same_error_class(run_folder):
+    with pytest.raises(CheckpointMismatchError, match=r"last.pt: .*state of 'ew'.*this balancer is 'dwa'.*Resume with"):
+        trainer(out_dir=run_folder, balancer="dwa").fit(batches(2), epochs=2, resume="last")
+
+
 def test_resuming_keeps_the_checkpoints_learning_rate_and_says_so(run_folder):
     t = trainer(out_dir=run_folder, lr=0.05)
     with pytest.warns(UserWarning, match=r"learning rate of the checkpoint \(lr=0.001.*lr=0.05 is not used"):

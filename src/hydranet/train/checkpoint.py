@@ -352,7 +352,13 @@ def restore(trainer: Trainer, state: Mapping[str, Any]) -> dict[str, Any]:
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.scaler is not None and state["scaler"] is not None:
         trainer.scaler.load_state_dict(state["scaler"])
-    trainer.balancer.load_state_dict(state["balancer"])
+    try:
+        trainer.balancer.load_state_dict(state["balancer"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointMismatchError(
+            f"{source}: {err} Resume with the checkpoint's balancer, or start a new run that loads the weights "
+            "only (trainer.load_checkpoint(path))."
+        ) from err
     trainer.history = History.from_dict(state["history"])
     trainer.early_stopping.load_state_dict(state["early_stopping"])
     if state["baselines"] is not None:
