@@ -164,7 +164,9 @@ class Progress(Callback):
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self._started = self._last_line = time.perf_counter()
-        self._seen, self._sums, self._counts = 0, {}, {}
+        self._seen = 0
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
 
     def _running(self) -> dict[str, float]:
         return {t: self._sums[t] / self._counts[t] for t in self._sums}
