@@ -33,7 +33,7 @@ differ in shape, a 1-d object array of ``n`` entries (see :func:`as_label_array`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -404,31 +404,48 @@ def check_labels(
             else f"map them to class indices 0..{task.n_classes - 1} (keep the names in Task(class_names=...))"
         )
         raise ValueError(f"{name}: labels must be numbers; found {dense[0].item()!r} at {at(0)}: {fix}.")
-    per_sample = dense.shape[1:]
     if task.kind == "regression":
-        width = int(task.dim or 1)
-        if per_sample not in ((), (width,)) or (per_sample == () and width != 1):
-            size = int(np.prod(per_sample)) if per_sample else 1
-            raise ValueError(
-                f"{name}: labels have shape {per_sample} per sample (found at {at(0)}) but the task has "
-                f"dim={width}. Declare Task(..., dim={size}) with one flat vector per sample, or fix the targets."
-            )
-        return dense if dense.dtype.kind == "f" else dense.astype(np.float64)
+        return _regression_labels(name, task, dense, at)
     if task.kind == "multilabel":
-        width = int(task.num_classes)  # type: ignore[arg-type]
-        if per_sample != (width,):
-            raise ValueError(
-                f"{name}: each label must be a vector of {width} values 0/1 (num_classes={width}); found "
-                f"shape {per_sample} at {at(0)}. Fix num_classes, or give one 0/1 entry per label."
-            )
-        bad = ~((dense == 0) | (dense == 1)).all(axis=1)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"{name}: label {dense[k].tolist()} at {at(k)} holds values other than 0 and 1. Use 1 for "
-                "present and 0 for absent; a sample without labels is a row of all -1 (or None)."
-            )
-        return dense
+        return _multilabel_labels(name, task, dense, at)
+    return _class_labels(name, task, dense, at)
+
+
+def _regression_labels(name: str, task: Task, dense: np.ndarray, at: Callable[[int], str]) -> np.ndarray:
+    """One number, or ``dim`` numbers, per sample: float ``[n]`` or ``[n, dim]``."""
+    per_sample = dense.shape[1:]
+    width = int(task.dim or 1)
+    if per_sample not in ((), (width,)) or (per_sample == () and width != 1):
+        size = int(np.prod(per_sample)) if per_sample else 1
+        raise ValueError(
+            f"{name}: labels have shape {per_sample} per sample (found at {at(0)}) but the task has "
+            f"dim={width}. Declare Task(..., dim={size}) with one flat vector per sample, or fix the targets."
+        )
+    return dense if dense.dtype.kind == "f" else dense.astype(np.float64)
+
+
+def _multilabel_labels(name: str, task: Task, dense: np.ndarray, at: Callable[[int], str]) -> np.ndarray:
+    """``num_classes`` values in {0, 1} per sample, ``[n, C]`` in their dtype."""
+    per_sample = dense.shape[1:]
+    width = task.n_classes
+    if per_sample != (width,):
+        raise ValueError(
+            f"{name}: each label must be a vector of {width} values 0/1 (num_classes={width}); found "
+            f"shape {per_sample} at {at(0)}. Fix num_classes, or give one 0/1 entry per label."
+        )
+    bad = ~((dense == 0) | (dense == 1)).all(axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name}: label {dense[k].tolist()} at {at(k)} holds values other than 0 and 1. Use 1 for "
+            "present and 0 for absent; a sample without labels is a row of all -1 (or None)."
+        )
+    return dense
+
+
+def _class_labels(name: str, task: Task, dense: np.ndarray, at: Callable[[int], str]) -> np.ndarray:
+    """One integer class index in ``[0, n_classes)`` per sample, ``[n]`` in its integer dtype."""
+    per_sample = dense.shape[1:]
     if per_sample == (1,):  # a [n, 1] column of class indices
         dense = dense[:, 0]
     elif per_sample != ():
@@ -469,7 +486,7 @@ def _class_dtype(dense: np.ndarray) -> np.ndarray:
 def _expected_shapes(task: Task) -> tuple[tuple[int, ...], ...]:
     """The per-sample label shapes a task accepts (its declared size)."""
     if task.kind == "multilabel":
-        return ((int(task.num_classes),),)  # type: ignore[arg-type]
+        return ((task.n_classes,),)
     if task.kind == "regression":
         width = int(task.dim or 1)
         return ((), (1,)) if width == 1 else ((width,),)

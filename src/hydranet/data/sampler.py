@@ -101,9 +101,14 @@ class EpochPlan:
         """The global indices of batch ``step``, as python ints."""
         if self.task is None:
             return self.rows[0][step].tolist()
-        t, j = int(self.task[step]), int(self.occurrence[step])  # type: ignore[index]
+        assert self.occurrence is not None  # set together with task
+        t, j = int(self.task[step]), int(self.occurrence[step])
         rows = self.rows[t]
-        return rows[j].tolist() if j < len(rows) else self.tails[t].tolist()  # type: ignore[union-attr]
+        if j < len(rows):
+            return rows[j].tolist()
+        tail = self.tails[t]
+        assert tail is not None  # the plan counts a tail batch only where there is one
+        return tail.tolist()
 
 
 class TaskBatchSampler(Sampler[list[int]]):
@@ -216,6 +221,12 @@ class TaskBatchSampler(Sampler[list[int]]):
             for name, pool, unit, draw in zip(names, pools, self._units, self._draws)
         ]
         self._warn_small(names, pools)
+        self._count_batches(names, pools)
+        self._epoch = 0
+        self._position = 0
+
+    def _count_batches(self, names: list[str], pools: list[np.ndarray]) -> None:
+        """The schedule's shares and the batches of each pool in an epoch (``_counts``, ``_n_batches``)."""
         if self._schedule is not None:
             self._probabilities = self._schedule.probabilities(dict(zip(names, map(len, pools))))
         else:
@@ -229,8 +240,6 @@ class TaskBatchSampler(Sampler[list[int]]):
             n = epoch_batches(self.length, self._probabilities, self._pass_batches)
             self._counts = apportion(n, self._probabilities)
         self._n_batches = int(self._counts[0] if self.mode == "quotas" else self._counts.sum())
-        self._epoch = 0
-        self._position = 0
 
     def _check_combination(self, balanced: bool) -> None:
         if balanced and self.mode == "joint":

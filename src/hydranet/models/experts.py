@@ -162,6 +162,43 @@ class _Level(nn.Module):
         return _mix(self.gates[task](task_in.flatten(1)), pool)
 
 
+def _first_level_input(
+    name: str,
+    bottom: nn.Module | None,
+    expert: Callable[[], nn.Module] | None,
+    feature_dim: int | None,
+    input_shape: int | Sequence[int] | None,
+) -> tuple[int, tuple[int, ...] | None]:
+    """``(u_size, u_shape)`` of what the first level reads: the flattened size the gates read, and the
+    per-sample shape (the bottom's features, or the raw input; ``None`` when only ``feature_dim`` is known)."""
+    if bottom is not None:
+        u_size, _ = find_feature_dim(bottom, feature_dim, input_shape)
+        if u_size is None:
+            raise ValueError(
+                f"{name}: cannot tell the bottom's feature size: pass feature_dim=D or input_shape=(...) (one "
+                "sample's shape, without the batch dimension) for a dry run."
+            )
+        return u_size, (u_size,)
+    if input_shape is None and feature_dim is None:
+        raise ValueError(
+            f"{name} without a bottom reads the input directly: pass input_shape=(...) (one sample's shape) "
+            "or feature_dim= (the number of input values per sample)."
+        )
+    if expert is not None and input_shape is None:
+        raise ValueError(
+            f"{name}: experts from expert= read the raw input; pass input_shape=(...) (one sample's shape, "
+            "without the batch dimension)."
+        )
+    if input_shape is None:
+        assert feature_dim is not None  # one of the two is given: checked above
+        return int(feature_dim), None
+    u_shape = (input_shape,) if isinstance(input_shape, int) else (tuple(input_shape) or None)
+    u_size = flat_size(input_shape)
+    if feature_dim is not None and feature_dim != u_size:
+        raise ValueError(f"{name}: feature_dim={feature_dim} but input_shape={input_shape} has {u_size} values.")
+    return u_size, u_shape
+
+
 class PLE(MultiTaskModel):
     r"""Progressive Layered Extraction (Tang et al., RecSys 2020): stacked CGC levels; see the module docstring.
 
@@ -224,32 +261,7 @@ class PLE(MultiTaskModel):
         self.bottom = bottom
         self.n_levels, self.n_shared, self.n_task = levels, shared_experts, task_experts
 
-        # u: what the first level reads; u_shape its per-sample shape, u_size the flattened size the gates read
-        if bottom is not None:
-            u_size, _ = find_feature_dim(bottom, feature_dim, input_shape)
-            if u_size is None:
-                raise ValueError(
-                    f"{name}: cannot tell the bottom's feature size: pass feature_dim=D or input_shape=(...) (one "
-                    "sample's shape, without the batch dimension) for a dry run."
-                )
-            u_shape: tuple[int, ...] | None = (u_size,)
-        else:
-            if input_shape is None and feature_dim is None:
-                raise ValueError(
-                    f"{name} without a bottom reads the input directly: pass input_shape=(...) (one sample's shape) "
-                    "or feature_dim= (the number of input values per sample)."
-                )
-            if expert is not None and input_shape is None:
-                raise ValueError(
-                    f"{name}: experts from expert= read the raw input; pass input_shape=(...) (one sample's shape, "
-                    "without the batch dimension)."
-                )
-            u_shape = (input_shape,) if isinstance(input_shape, int) else (tuple(input_shape) if input_shape else None)
-            u_size = flat_size(input_shape) if input_shape is not None else int(feature_dim)  # type: ignore[arg-type]
-            if feature_dim is not None and feature_dim != u_size:
-                raise ValueError(
-                    f"{name}: feature_dim={feature_dim} but input_shape={input_shape} has {u_size} values."
-                )
+        u_size, u_shape = _first_level_input(name, bottom, expert, feature_dim, input_shape)
         self.input_size = u_size
         self._u_shape = u_shape
         # experts built by `expert` on the raw input read it unflattened; features() stores it flattened
@@ -355,7 +367,8 @@ class PLE(MultiTaskModel):
             if self.bottom is None:
                 u = u.detach()  # the raw input: a constant, kept out of representation-level gradients
             if self._raw_experts and self.n_task:
-                u = u.reshape(-1, *self._u_shape)  # type: ignore[misc]
+                assert self._u_shape is not None  # raw experts need input_shape, checked at construction
+                u = u.reshape(-1, *self._u_shape)
             inputs = dict.fromkeys(names, u)
         else:
             index = {t: i for i, t in enumerate(self.tasks)}

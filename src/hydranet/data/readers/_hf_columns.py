@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from hydranet.data.readers._hf_arrow import (
     scalar_type,
 )
 from hydranet.data.readers.columns import Declared, TasksArg, declare_tasks, encode_column, listing, reader_warning
-from hydranet.tasks import MISSING_INT, Task
+from hydranet.tasks import MISSING_INT, Task, TaskKind
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -184,7 +184,7 @@ def _class_task(d: Declared, kind: str, names: list[str] | None, n_classes: int,
         )
     if kind != "binary":
         options["num_classes"] = n_classes
-    return Task(name=d.name, kind=kind, **options)  # type: ignore[arg-type]
+    return Task(name=d.name, kind=cast(TaskKind, kind), **options)  # kind: checked by _check_kind
 
 
 def _indices_to_classes(

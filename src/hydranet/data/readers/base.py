@@ -14,7 +14,7 @@ what the reader found: class ``vocabularies``, the ``skipped`` files and the ``T
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
@@ -342,7 +342,7 @@ def assemble(
 ) -> ReaderDataset:
     """Report what was skipped, check every task kept a label, and build the dataset."""
     warn_skipped(reader, skipped, total)
-    if len(samples) == 0:  # type: ignore[arg-type]
+    if len(cast(Sized, samples)) == 0:  # every reader's samples are sized; torch's Dataset type has no __len__
         raise ValueError(f"{reader}: no sample left ({len(skipped)} of {total} skipped; see the warning).")
     for task in tasks:
         if not _present(labels[task.name]).any():

@@ -30,12 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union, cast
 
 import numpy as np
 
 from hydranet.data._none import none_mask
-from hydranet.tasks import KINDS, MISSING_INT, Task
+from hydranet.tasks import KINDS, MISSING_INT, Task, TaskKind
 
 __all__ = [
     "Declared",
@@ -242,6 +242,64 @@ class Encoded:
         return dataclasses.replace(self, values=self.values[keep], problems=self.problems[keep])
 
 
+def _convert(
+    name: str, texts: np.ndarray, converter: Callable[[str], Any] | None, problems_u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(texts to read, usable)`` of the distinct cell ``texts`` after ``converter`` (``None``: as they are).
+
+    A converter returns ``None`` for a missing label; one that raises marks its text's problem in
+    ``problems_u`` (the user's converter may raise anything: it is reported with the value)."""
+    if converter is None:
+        return texts, np.ones(len(texts), dtype=bool)
+    converted = np.empty(len(texts), dtype=object)
+    for k, text in enumerate(texts):
+        try:
+            converted[k] = converter(str(text))
+        except Exception as err:
+            problems_u[k] = f"{name}={str(text)!r}: converter failed ({type(err).__name__}: {err})"
+    as_text = np.array(["" if v is None else str(v) for v in converted], dtype=str)
+    return as_text, ~none_mask(converted)
+
+
+def _infer_kind(name: str, source: str, numeric: np.ndarray, integral: np.ndarray) -> str:
+    """The kind of an undeclared task from its usable values: numbers with a fraction are a regression,
+    text a multiclass task; integers only are ambiguous (class indices or numbers), an error."""
+    if not numeric.all():
+        return "multiclass"
+    if integral.all():
+        raise ValueError(
+            f"Task {name!r}{source}: its values are integers, which could be class indices or numbers; "
+            f"declare the kind, e.g. tasks={{{name!r}: 'regression'}} or {{{name!r}: 'multiclass'}}."
+        )
+    return "regression"
+
+
+def _codes_by_name(
+    name: str, source: str, as_text: np.ndarray, usable: np.ndarray, inverse: np.ndarray, vocab: list[str],
+    unknown: str,
+) -> np.ndarray:
+    """Class indices in ``vocab`` of the usable distinct texts; a name outside it is an error, or with
+    ``unknown="missing"`` a missing label (warned). ``inverse`` maps samples to distinct texts (counts)."""
+    index = {v: i for i, v in enumerate(vocab)}
+    codes = np.array([index.get(t, -2) for t in as_text[usable]], dtype=np.int64)
+    outside = codes == -2
+    if outside.any():
+        found = sorted(set(as_text[usable][outside].tolist()))
+        count = int(np.isin(inverse, np.flatnonzero(usable)[outside]).sum())
+        if unknown == "error":
+            raise ValueError(
+                f"Task {name!r}{source}: {count} sample(s) have class name(s) outside its vocabulary "
+                f"{vocab}:\n{listing(found)}\nPass unknown='missing' to treat them as missing labels, "
+                "or a vocabulary that includes them."
+            )
+        codes[outside] = MISSING_INT
+        reader_warning(
+            f"Task {name!r}{source}: {count} label(s) dropped (now missing): class name(s) outside its "
+            f"vocabulary {vocab}:\n{listing(found)}"
+        )
+    return codes
+
+
 def encode_column(
     declared: Declared,
     cells: np.ndarray,
@@ -270,18 +328,7 @@ def encode_column(
     texts, inverse = np.unique(cells[present].astype(str), return_inverse=True)
     # Everything below works on the distinct values, then maps back with `inverse`.
     problems_u = np.full(len(texts), None, dtype=object)
-    as_text = texts
-    if converter is not None:
-        converted = np.empty(len(texts), dtype=object)
-        for k, text in enumerate(texts):
-            try:
-                converted[k] = converter(str(text))
-            except Exception as err:  # a user's converter may raise anything; report it with the value
-                problems_u[k] = f"{name}={str(text)!r}: converter failed ({type(err).__name__}: {err})"
-        as_text = np.array(["" if v is None else str(v) for v in converted], dtype=str)
-        usable = ~none_mask(converted)  # a converter returns None for a missing label
-    else:
-        usable = np.ones(len(texts), dtype=bool)
+    as_text, usable = _convert(name, texts, converter, problems_u)
     usable &= none_mask(problems_u)
     numbers, numeric = _parse_numbers(as_text)
     numeric &= usable
@@ -291,18 +338,7 @@ def encode_column(
             f"Task {name!r}{source}: no sample has a usable label; check the data or leave the task out."
         )
 
-    kind = declared.kind
-    if kind is None:
-        if numeric[usable].all():
-            if integral[usable].all():
-                raise ValueError(
-                    f"Task {name!r}{source}: its values are integers, which could be class indices or numbers; "
-                    f"declare the kind, e.g. tasks={{{name!r}: 'regression'}} or {{{name!r}: 'multiclass'}}."
-                )
-            kind = "regression"
-        else:
-            kind = "multiclass"
-
+    kind = declared.kind or _infer_kind(name, source, numeric[usable], integral[usable])
     options = dict(declared.options)
     vocab: list[str] | None = None
     if kind == "regression":
@@ -320,23 +356,7 @@ def encode_column(
         if as_names:
             given = vocabulary if vocabulary is not None else class_names
             vocab = list(given) if given is not None else sorted(set(as_text[usable].tolist()))
-            index = {v: i for i, v in enumerate(vocab)}
-            codes_u[usable] = [index.get(t, -2) for t in as_text[usable]]
-            outside = codes_u == -2
-            if outside.any():
-                found = sorted(set(as_text[outside].tolist()))
-                count = int(np.isin(inverse, np.flatnonzero(outside)).sum())
-                if unknown == "error":
-                    raise ValueError(
-                        f"Task {name!r}{source}: {count} sample(s) have class name(s) outside its vocabulary "
-                        f"{vocab}:\n{listing(found)}\nPass unknown='missing' to treat them as missing labels, "
-                        "or a vocabulary that includes them."
-                    )
-                codes_u[outside] = MISSING_INT
-                reader_warning(
-                    f"Task {name!r}{source}: {count} label(s) dropped (now missing): class name(s) outside its "
-                    f"vocabulary {vocab}:\n{listing(found)}"
-                )
+            codes_u[usable] = _codes_by_name(name, source, as_text, usable, inverse, vocab, unknown)
             _check_vocabulary_size(name, kind, vocab, options, given is None, source)
             n_classes = len(vocab)
         else:
@@ -351,7 +371,7 @@ def encode_column(
         if kind == "multiclass":
             options["num_classes"] = n_classes
         options["class_names"] = vocab if vocab is not None else class_names
-        task = Task(name=name, kind=kind, **options)  # type: ignore[arg-type]
+        task = Task(name=name, kind=cast(TaskKind, kind), **options)  # kind: checked in declare_tasks
         fill = MISSING_INT
 
     values = np.full(n, fill, dtype=codes_u.dtype)

@@ -48,6 +48,7 @@ from hydranet.data.readers.base import (
     screen_images,
 )
 from hydranet.data.readers.columns import (
+    Declared,
     Encoded,
     Skipped,
     TasksArg,
@@ -189,6 +190,61 @@ def _ragged(values: np.ndarray, owner: np.ndarray, present: np.ndarray) -> np.nd
     return column
 
 
+def _check_ragged_names(declared: Sequence[Declared], ragged: Sequence[str]) -> None:
+    """The boxes and landmarks task names: identifiers, apart from each other and from the label tasks."""
+    for name in ragged:
+        if not name.isidentifier():
+            raise ValueError(f"Task name {name!r} is not valid: use an identifier such as 'boxes'.")
+    clash = sorted({d.name for d in declared} & set(ragged))
+    if clash or len(set(ragged)) != len(ragged):
+        raise ValueError(f"Task name(s) {clash or ragged} are used twice; name the boxes, landmarks and labels apart.")
+
+
+def _box_problems(notes: _Annotations) -> np.ndarray:
+    """Object ``[images]``: a problem for each image with a box that is not finite ``x1 <= x2, y1 <= y2``."""
+    b = notes.boxes
+    invalid = ~np.isfinite(b).all(axis=1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+    bad_box = np.zeros(len(notes.first_row), dtype=bool)
+    bad_box[notes.owner[invalid]] = True
+    return np.where(bad_box, "a box is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2", NONE)
+
+
+def _image_labels(
+    table: Table, notes: _Annotations, declared: Sequence[Declared], vocab: Mapping[str, Sequence[str]], unknown: str,
+    problems: list[np.ndarray],
+) -> list[Encoded]:
+    """Image-level labels: the cells of each image's first row. An image whose other rows disagree, or
+    whose label is unusable, gets a problem appended to ``problems``."""
+    first, n = notes.first_row, len(notes.first_row)
+    columns: list[Encoded] = []
+    for d in declared:
+        cells = table.column(d.name)
+        disagree = np.zeros(n, dtype=bool)
+        disagree[notes.image_of_row[np.not_equal(cells, cells[first][notes.image_of_row])]] = True
+        problems.append(np.where(disagree, f"its rows disagree on {d.name!r}", NONE))
+        source = f" (field of {table.source.name})"
+        columns.append(encode_column(d, cells[first], vocabulary=vocab.get(d.name), unknown=unknown, source=source))
+    problems += [c.problems for c in columns]
+    return columns
+
+
+def _kept_boxes(
+    notes: _Annotations, keep: np.ndarray, factors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(boxes, points, owner)`` of the kept images, their owners renumbered among the kept ones, the
+    coordinates multiplied by their image's ``factors [kept images, 2]`` (x, y) when given, all at once."""
+    kept_box = keep[notes.owner]
+    owner = (np.cumsum(keep) - 1)[notes.owner[kept_box]]
+    flat = notes.boxes[kept_box]
+    points = notes.points[kept_box] if notes.points is not None else None
+    if factors is not None:
+        xy = factors[owner]  # [N, 2]: x and y factors of each box's image
+        flat = flat * np.tile(xy, 2)
+        if points is not None:
+            points = points * np.tile(xy, points.shape[1] // 2)
+    return flat, points, owner
+
+
 def read_detection(
     manifest: str | os.PathLike[str],
     *,
@@ -213,6 +269,10 @@ def read_detection(
 ) -> ReaderDataset:
     """Images with boxes (and optionally landmarks) and image-level labels (see the module docstring).
 
+    Longer than 80 lines because of its 19 parameters: the signature and their documentation take 43
+    of its 111 lines; the body is a sequence of steps (annotations, labels, paths, problems, image
+    checks, boxes), the larger ones delegated.
+
     Args:
         manifest: a JSON file (one object per image) or a CSV / Parquet file (one row per box).
         root: folder that relative paths are relative to (default: the manifest's folder).
@@ -234,13 +294,7 @@ def read_detection(
     transform = resolve_transform(transform, image_size)
     table = load_table(manifest, delimiter=delimiter, encoding=encoding)
     declared = declare_tasks({"label": "multiclass"} if tasks is None else tasks, allow_empty=True)
-    ragged = [boxes] + ([landmarks] if landmarks is not None else [])
-    for name in ragged:
-        if not name.isidentifier():
-            raise ValueError(f"Task name {name!r} is not valid: use an identifier such as 'boxes'.")
-    clash = sorted({d.name for d in declared} & set(ragged))
-    if clash or len(set(ragged)) != len(ragged):
-        raise ValueError(f"Task name(s) {clash or ragged} are used twice; name the boxes, landmarks and labels apart.")
+    _check_ragged_names(declared, [boxes] + ([landmarks] if landmarks is not None else []))
     if table.records is not None:
         notes = _from_records(table, boxes, landmarks)
     else:
@@ -251,17 +305,7 @@ def read_detection(
     n = len(first)
     problems = [notes.problems]
 
-    # Image-level labels: the cells of each image's first row; the image's other rows must agree.
-    vocab = as_vocabularies(vocabularies, declared)
-    columns: list[Encoded] = []
-    for d in declared:
-        cells = table.column(d.name)
-        disagree = np.zeros(n, dtype=bool)
-        disagree[notes.image_of_row[np.not_equal(cells, cells[first][notes.image_of_row])]] = True
-        problems.append(np.where(disagree, f"its rows disagree on {d.name!r}", NONE))
-        source = f" (field of {table.source.name})"
-        columns.append(encode_column(d, cells[first], vocabulary=vocab.get(d.name), unknown=unknown, source=source))
-    problems += [c.problems for c in columns]
+    columns = _image_labels(table, notes, declared, as_vocabularies(vocabularies, declared), unknown, problems)
 
     base = manifest_root(table.source, root)
     paths, empty = resolve_paths(table.column(path_column)[first], base)
@@ -274,11 +318,7 @@ def read_detection(
     if all(c in table.columns for c in size_columns):
         sizes = np.stack([number_cells(table.column(c)[first])[0] for c in size_columns], axis=1)
         problems.append(np.where((sizes > 0).all(axis=1), NONE, f"{' and '.join(size_columns)} must be positive"))
-    b = notes.boxes
-    invalid = ~np.isfinite(b).all(axis=1) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
-    bad_box = np.zeros(n, dtype=bool)
-    bad_box[notes.owner[invalid]] = True
-    problems.append(np.where(bad_box, "a box is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2", NONE))
+    problems.append(_box_problems(notes))
     problem = first_problems(problems, n)
     keep = none_mask(problem)
     names = np.where(empty, np.array(table.rows, dtype=object)[first], paths)
@@ -293,18 +333,12 @@ def read_detection(
         sizes[candidates] = read_sizes
     keep[candidates[~ok]] = False
 
-    # The boxes of kept images, renumbered, then scaled per image all at once.
-    kept_box = keep[notes.owner]
-    owner = (np.cumsum(keep) - 1)[notes.owner[kept_box]]
-    flat = notes.boxes[kept_box]
-    points = notes.points[kept_box] if notes.points is not None else None
+    factors = None
     if scale:
-        assert sizes is not None
+        assert sizes is not None  # read from the files above when the manifest has none
         target = np.array([resize[1], resize[0]]) if resize is not None and box_format == "pixels" else 1.0
-        xy = (target / sizes[keep])[owner]  # [N, 2]: x and y factors of each box's image
-        flat = flat * np.tile(xy, 2)
-        if points is not None:
-            points = points * np.tile(xy, points.shape[1] // 2)
+        factors = target / sizes[keep]
+    flat, points, owner = _kept_boxes(notes, keep, factors)
 
     columns = [c.take(keep) for c in columns]
     labels = {c.task.name: c.values for c in columns}

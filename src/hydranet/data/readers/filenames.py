@@ -76,6 +76,9 @@ def read_filenames(
 ) -> ReaderDataset:
     """Images whose file names hold the labels (see the module docstring).
 
+    Longer than 80 lines because of its 12 parameters: the signature and their documentation take
+    34 of its 89 lines; the reading itself is delegated to helpers.
+
     Args:
         root: the folder of the images.
         pattern: regular expression with a named group per task, e.g. :data:`UTKFACE_PATTERN`.
@@ -97,7 +100,7 @@ def read_filenames(
     transform = resolve_transform(transform, image_size)
     base = check_root(root)
     regex = re.compile(pattern)
-    groups = sorted(regex.groupindex, key=regex.groupindex.get)  # type: ignore[arg-type]
+    groups = sorted(regex.groupindex, key=lambda group: regex.groupindex[group])
     if not groups:
         raise ValueError(f"pattern {regex.pattern!r} has no named group: write one per task, e.g. (?P<age>\\d+).")
     declared = declare_tasks(groups if tasks is None else tasks)

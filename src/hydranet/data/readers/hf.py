@@ -146,7 +146,6 @@ def read_hf(
         tasks = [c for c in features if c not in inputs]
     declared = declare(tasks, list(features), inputs)
     vocab = as_vocabularies(vocabularies, declared)
-
     n = len(dataset)
     if n == 0:
         raise ValueError("The dataset has no rows.")
