@@ -20,6 +20,12 @@ of every class), so that no digit image of a test pair was ever seen in training
 draw their two digits from that split's pool only. Everything is a function of ``seed``: the pools
 depend on ``seed`` alone, the pairs of a split on ``(seed, split)``, so the splits built with one seed
 stay disjoint whatever their sizes.
+
+**Scarce labels.** ``load(..., labelled={"right": 0.02})`` keeps the label of ``right`` on 2% of the
+pairs only (:func:`mask_labels`): the others carry the missing-label marker ``-1``, so that the pairs stay
+in the dataset for the other tasks and the task's loss, sampler pool and single-task baseline see its
+labelled pairs only (masked, not removed). Which pairs keep their label is a function of
+``(seed, split, task)``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "BUILTIN",
     "SPLITS",
     "load",
+    "mask_labels",
     "mnist_digits",
     "digit_pools",
     "multi_mnist_arrays",
@@ -223,19 +230,60 @@ def multi_mnist(
     return _dataset(train, tasks), _dataset(test, tasks), tasks
 
 
+def mask_labels(
+    arrays: dict[str, np.ndarray], shares: dict[str, float], *, split: str = "train", seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Keep each task's label on a share of the pairs only; the others get the missing marker ``-1``.
+
+    Args:
+        arrays: the output of :func:`multi_mnist_arrays` (not modified).
+        shares: ``{task: share}`` with ``0 < share <= 1``: ``max(1, round(share * n))`` pairs, drawn
+            without replacement, keep their label of ``task``.
+        split, seed: fix which pairs keep their labels (with the task), independently of ``n``'s other
+            uses: the same ``(seed, split, task)`` always keeps the same pairs for the same ``n``.
+
+    Returns:
+        a copy of ``arrays`` whose label arrays of the tasks in ``shares`` hold ``-1`` where missing.
+    """
+    names = [t.name for t in multi_mnist_tasks()]
+    out = dict(arrays)
+    for task, share in shares.items():
+        if task not in names:
+            raise ValueError(f"labelled: unknown task {task!r}; the MultiMNIST tasks are {', '.join(names)}.")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ValueError(
+                f"labelled[{task!r}] must be the share of pairs that keep their label, in (0, 1], got {share!r} "
+                "(e.g. 0.02 for 2%)."
+            )
+        n = len(arrays[task])
+        keep = max(1, round(float(share) * n))
+        rng = np.random.default_rng([_check_seed(seed), 100 + list(SPLITS).index(_check_split(split)), names.index(task)])
+        labels = np.full(n, -1, dtype=np.int64)  # -1: hydranet's missing-label marker for class tasks
+        kept = rng.choice(n, keep, replace=False)
+        labels[kept] = arrays[task][kept]
+        out[task] = labels
+    return out
+
+
 def load(name: str, *, split: str = "train", seed: int = 0, **options: Any) -> Any:
     """One split of a built-in dataset as a :class:`~hydranet.data.MultiTaskDataset`.
 
     This is what a config's ``{source: builtin, name: multi_mnist, split: ..., options: {...}}`` builds.
-    Options of ``multi_mnist``: ``n`` (pairs; default 10,000 for train, 2,000 for val and test) and
-    ``overlap`` (see :func:`multi_mnist_arrays`).
+    Options of ``multi_mnist``: ``n`` (pairs; default 10,000 for train, 2,000 for val and test),
+    ``overlap`` (see :func:`multi_mnist_arrays`) and ``labelled`` (``{task: share}``: the task keeps
+    its label on that share of the pairs only, see :func:`mask_labels`).
     """
     if name not in BUILTIN:
         raise ValueError(f"Unknown built-in dataset {name!r}; available: {', '.join(BUILTIN)}.")
     split = _check_split(split)
-    unknown = set(options) - {"n", "overlap"}
+    unknown = set(options) - {"n", "overlap", "labelled"}
     if unknown:
-        raise ValueError(f"Unknown option(s) {sorted(unknown)} for built-in {name!r}; allowed: n, overlap.")
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} for built-in {name!r}; allowed: n, overlap, labelled.")
     n = options.get("n", DEFAULT_SIZES[split])
     arrays = multi_mnist_arrays(n, split=split, seed=seed, overlap=options.get("overlap", 20))
+    labelled = options.get("labelled")
+    if labelled:
+        if not isinstance(labelled, dict):
+            raise ValueError(f"labelled must be a mapping {{task: share}}, e.g. {{'right': 0.02}}; got {labelled!r}.")
+        arrays = mask_labels(arrays, labelled, split=split, seed=seed)
     return _dataset(arrays, multi_mnist_tasks())
