@@ -706,11 +706,6 @@ def validate_config(raw: Any, source: Path | None = None) -> Config:
     _check_sampler(cfg.sampler, known)
     _check_model(cfg.model, known)
     _check_trainer(cfg.trainer, known, tasks)
-    from hydranet.balancing import WEIGHTINGS  # bilevel weightings (auto_lambda) learn their weights on val batches
-
-    method = WEIGHTINGS.get(str(balancer["name"]).strip().lower().replace("-", "_"))
-    if getattr(method, "needs_validation", False) and not {"val", "split"} & set(data):
-        raise ConfigError(f"'balancer: {balancer['name']}' learns its task weights on validation batches: add data.val or data.split.")
     return cfg
 
 
