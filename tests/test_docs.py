@@ -9,8 +9,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 #: Pages whose python blocks form one runnable script, in order (models.md has its own test);
 #: blocks that need an optional package are skipped when it is missing.
-PAGES = ["README.md", "docs/readers.md", "docs/samplers.md", "docs/distributed.md", "docs/training.md", "docs/data.md", "docs/metrics.md"]
-OPTIONAL = {"lightning": "import lightning"}
+PAGES = [
+    "README.md", "docs/readers.md", "docs/samplers.md", "docs/distributed.md", "docs/training.md", "docs/data.md",
+    "docs/metrics.md", "docs/ecosystem.md",
+]
+OPTIONAL = {"lightning": "import lightning", "datasets": "import datasets"}
 
 
 @pytest.mark.filterwarnings("ignore::hydranet.data.readers.ReaderWarning")  # the readers guide shows one
