@@ -24,7 +24,7 @@ from hydranet.data.sampler import TaskBatchSampler
 from hydranet.tasks import Task
 from hydranet.train.checkpoint import load_checkpoint
 
-__all__ = ["bench", "build_model", "demo", "evaluate", "inspect", "make_loader", "make_sampler", "predict", "train"]
+__all__ = ["bench", "build_model", "compare", "demo", "evaluate", "inspect", "make_loader", "make_sampler", "predict", "train"]
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -335,6 +335,16 @@ def demo(args: argparse.Namespace) -> int:
         batches_per_epoch=args.batches,
         baselines=not args.no_baselines,
         progress=not args.quiet,
+        scarce=args.scarce,
+    )
+    return EXIT_OK
+
+
+def compare(args: argparse.Namespace) -> int:
+    from hydranet.cli.compare import run_compare
+
+    run_compare(
+        args.config, args.balancers, seeds=args.seeds, jobs=args.jobs, out=args.out, overrides=args.overrides, plot=not args.no_plot
     )
     return EXIT_OK
 

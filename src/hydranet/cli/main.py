@@ -55,7 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         "balancing. Single-task baselines are trained with the same budget; the report compares against "
         "them (Δm).",
     )
-    demo.add_argument("--out", default="hydranet-demo", help="report folder (default: hydranet-demo)")
+    demo.add_argument("--out", default=None, help="report folder (default: hydranet-demo, hydranet-demo-scarce with --scarce)")
+    demo.add_argument(
+        "--scarce",
+        type=float,
+        nargs="?",
+        const=0.02,
+        default=None,
+        metavar="SHARE",
+        help="the second act: 'right' labelled on this share of the training pairs only (default 0.02), "
+        "the other tasks on all; its baseline trains on those pairs",
+    )
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--balancer", default=None, help="balancing method (default: uw)")
@@ -100,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--batches", type=int, default=8, help="number of batches to print (default: 8)")
     inspect.add_argument("--split", default="train", choices=("train", "val", "test"))
     _add_overrides(inspect)
+
+    compare = sub.add_parser(
+        "compare",
+        help="every balancer x seed of a config: a ranked table of task scores and Δm (mean ± std), a plot, compare.json",
+        description="Train every balancer with every seed on a config, with single-task baselines trained once "
+        "per seed and shared; rank the balancers by Δm (mean ± std over seeds), mark differences from the best "
+        "that a paired t-test across seeds finds (p < 0.05), and write compare.json, compare.md and compare.png. "
+        "Resumable: run it again with the same --out to continue.",
+    )
+    compare.add_argument("config", help="YAML config file")
+    compare.add_argument("--balancers", nargs="+", default=["ew", "uw", "pcgrad", "upgrad"], metavar="NAME", help="methods to compare (default: ew uw pcgrad upgrad)")
+    compare.add_argument("--seeds", type=int, default=3, help="number of seeds, from the config's seed on (default: 3)")
+    compare.add_argument("--jobs", type=int, default=1, help="runs at a time, in parallel processes of one thread each (default: 1)")
+    compare.add_argument("--out", default=None, help="results folder (default: compare-<config name>)")
+    compare.add_argument("--no-plot", action="store_true", help="skip compare.png (which needs matplotlib)")
+    _add_overrides(compare)
 
     bench = sub.add_parser("bench", help="loader and balancer throughput on this machine")
     bench.add_argument("--quick", action="store_true", help="smaller sizes")
