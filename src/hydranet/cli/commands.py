@@ -101,12 +101,16 @@ def _example_input(dataset: MultiTaskDataset) -> torch.Tensor:
     return torch.as_tensor(x).unsqueeze(0)
 
 
-def _trainer(cfg: Config, model: torch.nn.Module, tasks: dict[str, Task], out: Path, progress: bool) -> Any:
-    from hydranet.train import Trainer
+def _trainer(
+    cfg: Config, model: torch.nn.Module, tasks: dict[str, Task], out: Path, progress: bool, verbose: bool = False
+) -> Any:
+    from hydranet.train import Progress, Trainer
 
     settings = dict(cfg.trainer)
     settings.pop("epochs")
     settings["progress"] = progress and settings.get("progress", True)
+    if verbose and settings["progress"]:  # --verbose: every metric and the balancer's diagnostics
+        settings["callbacks"] = [Progress(verbose=True)]
     balancer = dict(cfg.balancer)
     name = balancer.pop("name")
     with config_key("balancer"):
@@ -137,7 +141,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     out = Path(args.out or cfg.output)
     model = build_model(cfg, tasks, _example_input(train_ds))
     _init_output_bias(cfg, model, train_ds, tasks)
-    trainer = _trainer(cfg, model, tasks, out, progress=not args.quiet)
+    trainer = _trainer(cfg, model, tasks, out, progress=not args.quiet, verbose=args.verbose)
     if args.resume is not None:
         _check_resume(cfg, out / "last.pt" if str(args.resume) == "last" else Path(args.resume))
     train_loader = make_loader(cfg, train_ds, tasks, train=True)
@@ -148,7 +152,10 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     test_loader = make_loader(cfg, test_ds, tasks, train=False) if test_ds is not None else None
     report = trainer.report(out, test_loader=test_loader)
     if distributed.is_main_process():
+        from hydranet.report.loggers import describe_outputs
+
         print(report.console_text())
+        print(describe_outputs(out))
 
 
 def _init_output_bias(cfg: Config, model: torch.nn.Module, dataset: MultiTaskDataset, tasks: dict[str, Task]) -> None:
@@ -335,6 +342,7 @@ def demo(args: argparse.Namespace) -> int:
         batches_per_epoch=args.batches,
         baselines=not args.no_baselines,
         progress=not args.quiet,
+        verbose=args.verbose,
         scarce=args.scarce,
     )
     return EXIT_OK

@@ -105,13 +105,18 @@ def run_demo(
     baselines: bool = True,
     progress: bool = True,
     scarce: float | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the demo and write its report into ``out``; returns the ``metrics.json`` content.
+
+    ``progress=False`` prints only the final summary (``--quiet``); ``verbose`` also every metric and the
+    balancer's diagnostics per epoch (``--verbose``).
 
     ``scarce``: the second act, ``right`` labelled on this share of the training pairs (e.g. 0.02);
     ``out`` defaults to ``hydranet-demo`` (``hydranet-demo-scarce`` for the second act).
     """
-    from hydranet.train import Trainer
+    from hydranet.report.loggers import describe_outputs
+    from hydranet.train import Progress, Trainer
 
     if scarce is not None and (isinstance(scarce, bool) or not isinstance(scarce, (int, float)) or not 0 < scarce <= 1):
         raise ValueError(f"scarce must be the share of training pairs labelled for {SCARCE_TASK!r}, in (0, 1]; got {scarce!r}.")
@@ -124,11 +129,13 @@ def run_demo(
     val_ds = builtin.load("multi_mnist", split="val", seed=seed, n=DEFAULTS["val_size"])
     test_ds = builtin.load("multi_mnist", split="test", seed=seed, n=DEFAULTS["test_size"])
     tasks = builtin.multi_mnist_tasks()
-    print(
-        f"hydranet demo: MultiMNIST from real MNIST digits, {len(train_ds)} train / {len(val_ds)} val / "
-        f"{len(test_ds)} test pairs; tasks: "
-        + ", ".join(f"{t.name} ({t.kind})" for t in tasks)
-    )
+    if progress:
+        print(
+            f"hydranet demo: MultiMNIST from real MNIST digits, {len(train_ds)} train / {len(val_ds)} val / "
+            f"{len(test_ds)} test pairs; tasks: "
+            + ", ".join(f"{t.name} ({t.kind})" for t in tasks),
+            flush=True,
+        )
     n_scarce = len(train_ds.task_indices(SCARCE_TASK))
     if scarce is not None:
         print(
@@ -160,6 +167,7 @@ def run_demo(
         baselines="train" if baselines else None,
         model_factory=lambda subset: make_model(subset, seed),
         progress=progress,
+        callbacks=[Progress(verbose=True)] if verbose and progress else (),
         seed=seed,
     )
     trainer.fit(train_loader, eval_loader(val_ds), epochs=epochs)
@@ -168,7 +176,8 @@ def run_demo(
     sentence = headline(metrics, scarce, n_scarce if scarce is not None else None)
     _lead_summary(report.summary, sentence)
     print(report.console_text())
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; report in {Path(out).resolve()}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    print(describe_outputs(out))
     if scarce is None:
         print(
             f"next, the second act: hydranet demo --scarce ({SCARCE_TASK!r} labelled on {100 * DEFAULTS['scarce']:g}% "
