@@ -150,3 +150,30 @@ def test_compare_command_with_two_jobs_matches_one_job(tmp_path, one_thread, cap
     for b in ("ew", "pcgrad"):
         for s in ("0", "1"):
             assert two["runs"][b][s]["delta_m"] == pytest.approx(one["runs"][b][s]["delta_m"], abs=1e-6)
+
+
+def _benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _block(text, begin, end):
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def test_docs_tables_are_generated_from_the_committed_compare_json():
+    bench = _benchmark("multimnist_table")
+    docs = (ROOT / "docs" / "results.md").read_text()
+    if not bench.COMPARE_JSON.is_file():
+        pytest.skip("benchmarks/results/compare_multi_mnist.json not written yet (python benchmarks/multimnist_table.py)")
+    stored = json.loads(bench.COMPARE_JSON.read_text())
+    assert _block(docs, bench.BEGIN["compare"], bench.END["compare"]) == "\n" + markdown_table(stored)
+    assert stored["balancers"] == list(bench.CLI_BALANCERS) and len(stored["seeds"]) == 3
+    if bench.TABLE_JSON.is_file():
+        table = json.loads(bench.TABLE_JSON.read_text())
+        assert _block(docs, bench.BEGIN["table"], bench.END["table"]) == "\n" + bench.multimnist_table(table)
+        assert sorted(table["balancers"]) == sorted(bench.METHODS) and len(table["seeds"]) == 3
