@@ -348,15 +348,6 @@ def demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def compare(args: argparse.Namespace) -> int:
-    from hydranet.cli.compare import run_compare
-
-    run_compare(
-        args.config, args.balancers, seeds=args.seeds, jobs=args.jobs, out=args.out, overrides=args.overrides, plot=not args.no_plot
-    )
-    return EXIT_OK
-
-
 def bench(args: argparse.Namespace) -> int:
     from hydranet.cli.bench import run_bench
 

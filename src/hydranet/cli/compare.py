@@ -34,6 +34,7 @@ error, not a silent mix. ``--jobs N`` runs N runs at a time in spawned processes
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -46,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHA", "TEST", "markdown_table", "plot_compare", "run_compare", "summarize"]
+from hydranet.cli._codes import EXIT_OK
+
+__all__ = ["ALPHA", "TEST", "command", "markdown_table", "plot_compare", "run_compare", "summarize"]
 
 #: Significance level of the paired test.
 ALPHA = 0.05
@@ -126,7 +129,8 @@ def _build(config: Path, overrides: Mapping[str, Any]) -> tuple[Any, dict[str, A
     model = commands.build_model(cfg, tasks, commands._example_input(train_ds))
     commands._init_output_bias(cfg, model, train_ds, tasks)
     loaders = [commands.make_loader(cfg, ds, tasks, train=ds is train_ds) for ds in (train_ds, val_ds, test_ds or val_ds)]
-    return cfg, tasks, model, *loaders
+    train_loader, val_loader, test_loader = loaders
+    return cfg, tasks, model, train_loader, val_loader, test_loader
 
 
 def _fit_and_score(cfg: Any, model: Any, tasks: dict[str, Any], folder: Path, loaders: Sequence[Any]) -> Any:
@@ -226,6 +230,15 @@ def _check_balancers(balancers: Sequence[str]) -> list[str]:
     return names
 
 
+def command(args: argparse.Namespace) -> int:
+    """``hydranet compare``: :func:`run_compare` with the parsed arguments (dispatched here, not through
+    ``commands``, which this module builds its runs with)."""
+    run_compare(
+        args.config, args.balancers, seeds=args.seeds, jobs=args.jobs, out=args.out, overrides=args.overrides, plot=not args.no_plot
+    )
+    return EXIT_OK
+
+
 def run_compare(
     config: str | Path,
     balancers: Sequence[str] = ("ew", "uw", "pcgrad", "upgrad"),
@@ -291,12 +304,15 @@ def run_compare(
 def _main_metrics(config: Path, overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{task: {"metric": main metric, "higher_is_better": bool}}`` of the config's tasks."""
     from hydranet.cli import commands
-    from hydranet.cli.config import load_config
+    from hydranet.cli.config import ConfigError, load_config
     from hydranet.cli.sources import build_split
     from hydranet.metrics import main_metric
 
     cfg = load_config(config, overrides=dict(overrides))
-    tasks = commands._tasks_of(cfg, build_split(cfg, "train"))
+    train_ds = build_split(cfg, "train")
+    if train_ds is None:
+        raise ConfigError("The config has no 'data.train' split.")
+    tasks = commands._tasks_of(cfg, train_ds)
     return {name: dict(zip(("metric", "higher_is_better"), main_metric(task))) for name, task in tasks.items()}
 
 

@@ -155,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from hydranet.cli import commands
 
+        if args.command == "compare":
+            from hydranet.cli import compare
+
+            return compare.command(args)
         return getattr(commands, args.command)(args)
     except (Exception, KeyboardInterrupt) as err:
         # The one error surface (hydranet.cli.errors): one line and the documented exit code; the

@@ -285,6 +285,9 @@ class Trainer:
         self.history = History()
         self.early_stopping = EarlyStopping(_setup.resolve_mode(mode, self.monitor), patience, self.min_delta)
         self.global_step = 0
+        #: put before each progress line (the baselines' trainers set ``"baseline TASK: "``)
+        self.progress_label = ""
+        self._meta: MetaSchedule | None = None
         self.epoch = 0
         self.should_stop = False
         self.improved = False  # whether the last epoch improved the monitored value (best checkpoint)
@@ -388,7 +391,7 @@ class Trainer:
                 position += 1
                 stepped = micro + 1 == self.accumulate or position == n_batches
                 batch = as_batch(raw)
-                if micro == 0 and getattr(self, "_meta", None) is not None:
+                if micro == 0 and self._meta is not None:
                     self._meta(batch, self.global_step)
                 out = self.step(
                     batch, last_in_group=stepped, epoch=epoch, position=position, global_step=self.global_step
