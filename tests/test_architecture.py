@@ -22,11 +22,7 @@ PACKAGE = SRC / "hydranet"
 BOTTOM = {"hydranet.tasks", "hydranet._checks", "hydranet.runtime", "hydranet._version"}
 
 # Cycles allowed through an import inside a function (never at module level), each with its reason.
-DEFERRED_CYCLES = {
-    # A wrapper aggregator builds the method it wraps by name, from the registry that lists the wrapper
-    # itself: the registry is read when a wrapper is built, after both modules have loaded.
-    ("hydranet.balancing.aggregators._smoothing", "hydranet.balancing.aggregators"),
-}
+DEFERRED_CYCLES: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

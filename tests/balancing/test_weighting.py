@@ -10,7 +10,8 @@ import torch
 
 from hydranet import Task
 from hydranet.balancing import WEIGHTINGS
-from hydranet.balancing.weighting import DBMTL, FAMO, STCH, last_layer
+from hydranet.balancing._weighting_gradient import last_layer
+from hydranet.balancing.weighting import DBMTL, FAMO, STCH
 
 
 def leaves(values: dict[str, float]) -> dict[str, torch.Tensor]:

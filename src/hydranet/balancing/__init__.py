@@ -12,14 +12,8 @@ Two families, one namespace:
 task_params)`` sets ``.grad`` like ``loss.backward()`` would.
 """
 
-from hydranet.balancing._weighting_bilevel import AutoLambda, MetaContext
-from hydranet.balancing._weighting_imtl import IMTL
-from hydranet.balancing._weighting_preference import COSMOS, PBI
 from hydranet.balancing.aggregators import AGGREGATORS
 from hydranet.balancing.balancer import Balancer, make
-from hydranet.balancing.weighting import WEIGHTINGS
-
-# Weightings in their own modules (they import weighting.py's bases, so weighting.py cannot import them).
-WEIGHTINGS.update({"cosmos": COSMOS, "pbi": PBI, "imtl": IMTL, "auto_lambda": AutoLambda})
+from hydranet.balancing.weighting import WEIGHTINGS, MetaContext
 
 __all__ = ["AGGREGATORS", "WEIGHTINGS", "Balancer", "MetaContext", "make"]

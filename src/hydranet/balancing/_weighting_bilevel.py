@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hydranet.balancing.weighting import LossWeighting, TaskList, did_you_mean
+from hydranet._checks import did_you_mean
+from hydranet.balancing._weighting_base import LossWeighting, TaskList
 from hydranet.runtime import world_size
 
 __all__ = ["AutoLambda", "MetaContext"]

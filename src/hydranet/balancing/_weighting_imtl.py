@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from hydranet.balancing.aggregators import IMTLG
 from hydranet.balancing.jacobian import global_task_means
-from hydranet.balancing.weighting import GradientWeighting, TaskList
+from hydranet.balancing._weighting_base import GradientWeighting, TaskList
 from hydranet.runtime import world_size
 
 __all__ = ["IMTL"]

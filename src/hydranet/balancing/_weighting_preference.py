@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.weighting import LossWeighting, TaskList, did_you_mean
+from hydranet._checks import did_you_mean
+from hydranet.balancing._weighting_base import LossWeighting, TaskList
 
 __all__ = ["COSMOS", "PBI"]
 

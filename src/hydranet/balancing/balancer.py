@@ -38,133 +38,36 @@ numbers of labelled samples. Every rank must pass ``task_params`` for all tasks 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from hydranet.balancing.aggregators import AGGREGATORS, Aggregator
-from hydranet.balancing._jacobian_features import gram_accumulate
-from hydranet.balancing.jacobian import (
-    FeatureJacobian,
-    TaskJacobian,
-    features_cover,
-    gather_task_columns,
-    global_task_means,
-)
-from hydranet.runtime import world_size
-from hydranet.balancing.weighting import (
-    WEIGHTINGS,
+from hydranet._checks import did_you_mean
+from hydranet.balancing._paths import jacobian_backward, unreached
+from hydranet.balancing._step_info import StepInfo
+from hydranet.balancing._weighting_base import (
     GradientWeighting,
     LossWeighting,
     TaskList,
     Weighting,
     check_losses,
-    did_you_mean,
     fast_stack,
     task_dict,
 )
+from hydranet.balancing.aggregators import AGGREGATORS
+from hydranet.balancing.jacobian import FeatureJacobian, TaskJacobian, features_cover
+from hydranet.balancing.weighting import WEIGHTINGS
+from hydranet.runtime import world_size
 
 __all__ = ["PATHS", "Balancer", "StepInfo", "make"]
 
 PATHS: tuple[str, ...] = ("auto", "loop", "vmap", "features", "gramian", "representation")
-_TINY = 1e-12
 #: ``jacobian="auto"`` takes the Gramian path when ``G`` would hold more bytes than this (Gramian-only methods).
 GRAMIAN_ABOVE = 1 << 30
 #: Jacobian entries the Gramian path holds at a time (one parameter group x all tasks): 4M (16 MiB in float32).
 GRAMIAN_BLOCK = 1 << 22
-_KEYS = ("tasks", "losses", "total", "weights", "grad_norms", "cosines", "jacobian")
-
-
-class StepInfo(MutableMapping):
-    """The diagnostics of one step: a dict whose entries are computed when first read.
-
-    Building the per-task dicts and lists (and, for gradient methods, the cosine matrix) costs more than
-    a small model's backward pass; a training loop that logs every hundredth step should not pay for
-    them at every step. Reading an entry (or ``dict(info)``) computes it once.
-    """
-
-    __slots__ = ("_values", "_lazy")
-
-    def __init__(self, values: dict[str, Any], **lazy: Callable[[], Any]) -> None:
-        self._values = values
-        self._lazy = lazy
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._values:
-            self._values[key] = self._lazy.pop(key)()
-        return self._values[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._lazy.pop(key, None)
-        self._values[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        if self._lazy.pop(key, None) is None:
-            del self._values[key]
-        else:
-            self._values.pop(key, None)
-
-    def __iter__(self) -> Iterator[str]:
-        known = [k for k in _KEYS if k in self._values or k in self._lazy]
-        return iter(known + [k for k in list(self._values) + list(self._lazy) if k not in _KEYS])
-
-    def __len__(self) -> int:
-        return len(set(self._values) | set(self._lazy))
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-
-def _norms(gramian: Tensor | None, matrix: Tensor | None) -> Tensor:
-    if gramian is not None:
-        return gramian.diagonal().clamp(min=0).sqrt().cpu()
-    return matrix.norm(dim=1).to("cpu", torch.float64)
-
-
-def _cosines(gramian: Tensor | None, matrix: Tensor | None) -> Tensor:
-    if gramian is None:
-        gramian = matrix.new_zeros(matrix.shape[0], matrix.shape[0], dtype=torch.float64)
-        gram_accumulate(gramian, matrix)
-    safe = gramian.diagonal().clamp(min=0).sqrt().clamp(min=_TINY)
-    return (gramian / (safe.unsqueeze(1) * safe.unsqueeze(0))).cpu()
-
-
-def _unreached(what: str) -> ValueError:
-    return ValueError(
-        f"No task loss reaches the {what}: the backbone would get no gradient. Pass the parameters the "
-        "losses were computed with (model.shared_parameters()), compute the losses from this forward pass "
-        "(not under torch.no_grad(), not from detached features), and keep requires_grad=True on them."
-    )
-
-
-def _accumulate(params: Sequence[Tensor], flat: Tensor, mask: Sequence[bool]) -> None:
-    """Add the slices of ``flat`` to ``.grad`` of the parameters whose ``mask`` is true."""
-    start = 0
-    for param, keep in zip(params, mask):
-        stop = start + param.numel()
-        if keep:
-            grad = flat[start:stop].view_as(param).to(param.dtype)
-            if param.grad is None:
-                param.grad = grad.clone()
-            else:
-                param.grad.add_(grad)
-        start = stop
-
-
-def _flatten(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
-    return torch.cat([(g if g is not None else p.new_zeros(p.shape)).reshape(-1) for g, p in zip(grads, params)])
-
-
-def _any_reached(reached: Sequence[bool], device: torch.device) -> list[bool]:
-    """Per-input reachability OR-ed over ranks (every rank takes the same decisions)."""
-    if world_size() == 1:
-        return list(reached)
-    mask = torch.tensor(reached, dtype=torch.float64, device=device)
-    dist.all_reduce(mask)
-    return (mask > 0).tolist()
 
 
 class Balancer:
@@ -330,7 +233,7 @@ class Balancer:
             raise ValueError(
                 "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
             )
-        return self._jacobian_backward(names, stacked, values, shared, task_params, features, losses)
+        return jacobian_backward(self, names, stacked, values, shared, task_params, features, losses)
 
     def _weighting_backward(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> StepInfo:
         """One backward of the weighting's objective (:meth:`objective`)."""
@@ -338,7 +241,7 @@ class Balancer:
         total.backward()
         shared = [p for p in shared_params if p.requires_grad]
         if shared[-1].grad is None and all(p.grad is None for p in shared):
-            raise _unreached("shared parameters")
+            raise unreached("shared parameters")
         return info
 
     def objective(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> tuple[Tensor, StepInfo]:
@@ -409,283 +312,6 @@ class Balancer:
         if self._gramian_ok and key * sum(p.numel() for p in shared) * shared[0].element_size() > self.gramian_above:
             return "gramian"
         return "features"
-
-    def _jacobian_backward(
-        self,
-        names: list[str],
-        stacked: Tensor,
-        values: Tensor,
-        shared: list[Tensor],
-        task_params: Mapping[str, Sequence[Tensor]],
-        features: Tensor | Sequence[Tensor] | None,
-        losses: Mapping[str, Tensor],
-    ) -> StepInfo:
-        n_tasks, world = len(self.task_names), world_size()
-        index = torch.tensor([self.task_names.index(n) for n in names], dtype=torch.long)
-        method = self.method
-        self._dtype = shared[0].dtype
-        objective = method.transform(stacked, values, names) if isinstance(method, GradientWeighting) else stacked
-        heads = self._head_groups(names, task_params, shared, world)
-        needs_features = self.jacobian in ("representation", "features", "gramian")
-        feats = self._features(features) if needs_features or (self.jacobian == "auto" and features is not None) else None
-        path = self._resolve(objective, feats, shared)
-        representation = path == "representation"
-        first = path in ("features", "gramian", "representation")
-
-        local = set(index.tolist())
-        head_params = [p for i, params in heads if i in local for p in params]
-        gramian = None
-        jf: list[Tensor] = []
-        if first:
-            assert feats is not None
-            # each task's own loss as the root: its backward runs through its head only, and gives the
-            # head's gradient in the same pass
-            roots = list(objective.unbind()) if isinstance(method, GradientWeighting) else [losses[n] for n in names]
-            by_task = dict(heads)
-            own = [by_task[int(i)] for i in index]
-            jf, touched, head_grads = self._feature_engine.features(roots, feats, own)
-            head_params = [p for group in own for p in group]
-            if not any(_any_reached([touched], objective.device)):
-                raise ValueError(
-                    "No task loss depends on the features passed: pass the tensor the heads read, from this "
-                    "forward pass (model(x, return_features=True))."
-                )
-        else:
-            head_grads = (
-                torch.autograd.grad(objective.sum(), head_params, retain_graph=True, allow_unused=True)
-                if head_params
-                else ()
-            )
-        if representation:
-            jac = torch.cat([j.reshape(j.shape[0], -1) for j in jf], dim=1)
-        elif path == "features":
-            # Gramian-only methods alone: keep G as per-parameter blocks (no concatenated copy), K from them
-            as_blocks = self._gramian_ok and world == 1
-            jac, reached = self._feature_engine.jacobian(feats, jf, shared, as_blocks=as_blocks)
-            if as_blocks:
-                blocks, jac = jac, None
-                gramian = blocks[0].new_zeros(len(roots), len(roots), dtype=torch.float64)
-                for block in blocks:
-                    gram_accumulate(gramian, block)
-        elif path == "gramian":
-            reduce = (lambda block: global_task_means(block, index, n_tasks)[0]) if world > 1 else None
-            gramian, reached = self._feature_engine.gramian(feats, jf, shared, self.gramian_block, reduce)
-            jac = None
-        else:
-            jac, reached = self._engine(objective, shared)
-        if not representation:
-            reached = _any_reached(reached, objective.device)
-            if not any(reached):
-                raise _unreached("shared parameters")
-
-        own = None
-        if representation and world > 1:
-            matrix, counts, own = gather_task_columns(jac, index, n_tasks)
-        elif world > 1 and jac is not None:
-            matrix, counts = global_task_means(jac, index, n_tasks)
-        else:
-            matrix = jac
-            counts = torch.zeros(n_tasks, dtype=torch.float64)
-            counts[index] = 1.0
-            if world > 1:  # gramian: the presence of every task on any rank
-                counts = counts.to(objective.device)
-                dist.all_reduce(counts)
-        counts = counts.cpu()
-        present = counts.nonzero().squeeze(1)
-        if world > 1 and matrix is not None:
-            matrix = matrix[present.to(matrix.device)]
-        elif world > 1 and gramian is not None:
-            keep = present.to(gramian.device)
-            gramian = gramian[keep][:, keep]
-        rows = [self.task_names[int(t)] for t in present]
-
-        if gramian is None and self._gramian_ok and matrix.shape[0] > 1:
-            gramian = matrix.new_zeros(matrix.shape[0], matrix.shape[0], dtype=torch.float64)
-            gram_accumulate(gramian, matrix)  # small float64 blocks: no float64 copy of G
-        if gramian is not None:
-            update, weights = self._aggregate_gramian(gramian, matrix, present)
-            if update is None and path == "features":
-                w = weights.to(blocks[0].device, blocks[0].dtype)
-                update = torch.cat([w @ block for block in blocks])
-                del blocks
-        else:
-            rows_to_aggregate = matrix
-            if self.normalize:
-                rows_to_aggregate = matrix / matrix.norm(dim=1).clamp(min=_TINY).unsqueeze(1)
-            update, weights = self._aggregate(rows_to_aggregate, present)
-            del rows_to_aggregate
-
-        if path == "gramian":
-            # one backward of sum_t w_t L_t through the trunk: the features' gradient is sum_t w_t J_f[t]
-            # (under DDP each task's row is the mean over the c_t ranks that have it: w_t / c_t here)
-            scale = weights.to(torch.float64) / counts[present].clamp(min=1.0) if world > 1 else weights
-            local_w = self._local_weights(scale, present, index)
-            outputs = [torch.tensordot(local_w.to(j.device, j.dtype), j, dims=1) for j in jf]
-            grads = torch.autograd.grad(feats, shared, grad_outputs=outputs, allow_unused=True)
-            flat = _flatten(grads, shared)
-            if world > 1:
-                dist.all_reduce(flat)
-            _accumulate(shared, flat, reached)
-        elif representation:
-            piece = update[own] if own is not None else update
-            grad_outputs, start = [], 0
-            for feat in feats:
-                grad_outputs.append(piece[start : start + feat.numel()].view_as(feat).to(feat.dtype))
-                start += feat.numel()
-            grads = torch.autograd.grad(feats, shared, grad_outputs=grad_outputs, allow_unused=True)
-            reached = _any_reached([g is not None for g in grads], piece.device)
-            if not any(reached):
-                raise _unreached("shared parameters through the features")
-            flat = _flatten(grads, shared)
-            if world > 1:
-                dist.all_reduce(flat)  # each rank holds the part of the gradient from its own samples
-            _accumulate(shared, flat, reached)
-        else:
-            _accumulate(shared, update, reached)
-        self._accumulate_heads(heads, dict(zip(map(id, head_params), head_grads)), index, counts, world)
-
-        label = path if path in ("features", "gramian", "representation") else self._engine.last_method
-        if path in ("features", "gramian") and self._feature_engine.last_method == "loop":
-            label = f"{path}-loop"
-        return StepInfo(
-            {"tasks": rows, "jacobian": label},
-            losses=lambda: dict(zip(names, values.tolist())),
-            total=lambda: float(values.sum()),
-            weights=lambda: dict(zip(rows, weights.tolist())) if weights is not None else {},
-            grad_norms=lambda: dict(zip(rows, _norms(gramian, matrix).tolist())),
-            cosines=lambda: _cosines(gramian, matrix).tolist(),
-        )
-
-    @staticmethod
-    def _local_weights(weights: Tensor, present: Tensor, index: Tensor) -> Tensor:
-        """The weights of this rank's tasks (positions ``index`` among all tasks) from those of ``present``."""
-        full = torch.zeros(int(max(present.max(), index.max())) + 1, dtype=torch.float64)
-        full[present] = weights.to(torch.float64).cpu()
-        return full[index]
-
-    def _aggregate_gramian(self, gramian: Tensor, matrix: Tensor | None, present: Tensor) -> tuple[Tensor, Tensor]:
-        """``(update or None, weights)`` of a Gramian-only weighting from :math:`K` (float64)."""
-        k = gramian.shape[0]
-        if k == 1:
-            weights = torch.ones(1, dtype=torch.float64)
-        else:
-            K = gramian
-            scale = None
-            if self.normalize:
-                norms = gramian.diagonal().clamp(min=0).sqrt()
-                scale = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
-                K = gramian * scale.unsqueeze(1) * scale.unsqueeze(0)
-            mask = torch.zeros(len(self.task_names), dtype=torch.bool)
-            mask[present] = True
-            dtype = matrix.dtype if matrix is not None else self._dtype
-            weights = torch.as_tensor(self.method.weights_from_gramian(K.cpu(), present=mask, dtype=dtype))
-            weights = weights.to(torch.float64).cpu()
-            if scale is not None:
-                weights = weights * scale.cpu()
-        update = weights.to(matrix.device, matrix.dtype) @ matrix if matrix is not None else None
-        return update, weights
-
-    def _aggregate(self, matrix: Tensor, present: Tensor) -> tuple[Tensor, Tensor | None]:
-        method = self.method
-        if isinstance(method, GradientWeighting):
-            return method.aggregate(matrix, present)
-        if matrix.shape[0] == 1:
-            return matrix[0], torch.ones(1, dtype=torch.float64)
-        tasks: dict[str, Tensor] = {}
-        if isinstance(method, Aggregator):  # per-task state follows the tasks, not the row positions
-            tasks["present"] = torch.zeros(len(self.task_names), dtype=torch.bool)
-            tasks["present"][present] = True
-        weigh = getattr(method, "weights", None)
-        if callable(weigh):
-            weights = torch.as_tensor(weigh(matrix, **tasks))
-            if weights.shape != (matrix.shape[0],):
-                raise ValueError(
-                    f"{self.name}.weights(G) returned shape {list(weights.shape)} for {matrix.shape[0]} tasks."
-                )
-            weights = weights.to(device=matrix.device, dtype=matrix.dtype)
-            return weights @ matrix, weights.detach().to("cpu", torch.float64)
-        update = method(matrix, **tasks)
-        if not isinstance(update, Tensor) or update.shape != (matrix.shape[1],):
-            shape = list(update.shape) if isinstance(update, Tensor) else type(update).__name__
-            raise ValueError(
-                f"Aggregator {self.name!r} returned {shape}; expected a vector of {matrix.shape[1]} entries."
-            )
-        return update, None
-
-    def _features(self, features: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
-        if features is None:
-            raise ValueError(
-                "jacobian='representation' needs the shared features: call model(x, return_features=True) "
-                "and pass balancer.backward(..., features=features)."
-            )
-        feats = [features] if isinstance(features, Tensor) else list(features)
-        if not feats or not all(isinstance(f, Tensor) and f.requires_grad for f in feats):
-            raise ValueError(
-                "features must be a tensor (or tensors) from this forward pass with requires_grad=True; "
-                "they were detached or computed under torch.no_grad()."
-            )
-        return feats
-
-    def _head_groups(
-        self, names: list[str], task_params: Mapping[str, Sequence[Tensor]], shared: list[Tensor], world: int
-    ) -> list[tuple[int, list[Tensor]]]:
-        """``[(task index, its trainable head parameters)]``, each parameter listed once."""
-        if not isinstance(task_params, Mapping):
-            raise TypeError(f"task_params must be a dict {{task: parameters}}, got {type(task_params).__name__}.")
-        needed = self.task_names if world > 1 else names
-        missing = [n for n in needed if n not in task_params]
-        if missing:
-            where = "every task under DDP (all ranks exchange them)" if world > 1 else "each task in losses"
-            raise ValueError(
-                f"task_params has no entry for task {missing[0]!r}: pass {{task: model.task_parameters(task)}} "
-                f"for {where}."
-            )
-        shared_ids = {id(p) for p in shared}
-        seen: set[int] = set()
-        groups = []
-        for i, name in enumerate(self.task_names):
-            params = []
-            for param in task_params.get(name, ()):
-                if id(param) in shared_ids:
-                    raise ValueError(
-                        f"A parameter of task {name!r} is also in shared_params: list it in one place only."
-                    )
-                if param.requires_grad and id(param) not in seen:
-                    seen.add(id(param))
-                    params.append(param)
-            groups.append((i, params))
-        return groups
-
-    def _accumulate_heads(
-        self,
-        heads: list[tuple[int, list[Tensor]]],
-        grads: Mapping[int, Tensor | None],
-        index: Tensor,
-        counts: Tensor,
-        world: int,
-    ) -> None:
-        local = set(index.tolist())
-        if world == 1:
-            for i, params in heads:
-                if i in local:
-                    for param in params:
-                        grad = grads[id(param)]
-                        if grad is not None:
-                            param.grad = grad if param.grad is None else param.grad.add_(grad)
-            return
-        params = [p for _, group in heads for p in group]
-        if not params:
-            return
-        flat = _flatten([grads.get(id(p)) for p in params], params)
-        dist.all_reduce(flat)
-        start = 0
-        for i, group in heads:
-            size = sum(p.numel() for p in group)
-            if counts[i] > 0:
-                flat[start : start + size] /= float(counts[i])
-                _accumulate(group, flat[start : start + size], [True] * len(group))
-            start += size
-
 
 def _construct(cls: type, args: tuple, settings: dict[str, Any], name: str) -> Any:
     """``cls(*args, **settings)``, naming the accepted settings when one is unknown."""

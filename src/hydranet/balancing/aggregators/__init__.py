@@ -43,12 +43,9 @@ compares them.
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from typing import Any
-
 from hydranet.balancing.aggregators._constant import Constant, Random
 from hydranet.balancing.aggregators._priority import PCD
+from hydranet.balancing.aggregators._registry import AGGREGATORS, get_aggregator
 from hydranet.balancing.aggregators._robust import Krum, TrimmedMean
 from hydranet.balancing.aggregators._smoothing import CRMOGM
 from hydranet.balancing.aggregators._stochastic import MoDo, SDMGrad
@@ -60,7 +57,6 @@ from hydranet.balancing.aggregators.base import (
     TaskRows,
     WeightedAggregator,
     check_matrix,
-    gram,
 )
 from hydranet.balancing.aggregators.basic import Mean, Sum
 from hydranet.balancing.aggregators.equalizing import IMTLG, AlignedMTL, ConFIG
@@ -68,8 +64,9 @@ from hydranet.balancing.aggregators.pareto import MGDA, CAGrad, DualProj, UPGrad
 from hydranet.balancing.aggregators.surgery import GradDrop, GradVac, PCGrad
 from hydranet.balancing.aggregators.tracking import ExcessMTL, MoCo
 
-#: Gradient aggregators by name; ``AGGREGATORS[name](**settings)(G) -> update``.
-AGGREGATORS: dict[str, type[Aggregator]] = {
+# The registry lives in _registry (a wrapper such as CRMOGM builds its wrapped method from it); filled here,
+# once every family module has loaded.
+AGGREGATORS.update({
     "mean": Mean,
     "sum": Sum,
     "pcgrad": PCGrad,
@@ -94,33 +91,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "sdmgrad": SDMGrad,
     "pcd": PCD,
     "cr_mogm": CRMOGM,
-}
-
-
-def get_aggregator(name: str, **settings: Any) -> Aggregator:
-    """Build the aggregator registered as ``name`` (case, spaces and ``-`` are forgiven) with ``settings``.
-
-    Raises:
-        ValueError: for an unknown name (listing the valid ones, with the closest match) or setting.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"The aggregator name must be a string such as 'upgrad', got {type(name).__name__}.")
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    if key not in AGGREGATORS:
-        close = difflib.get_close_matches(key, list(AGGREGATORS), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown aggregator {name!r}.{hint} Valid names: {', '.join(sorted(AGGREGATORS))}.")
-    cls = AGGREGATORS[key]
-    allowed = list(inspect.signature(cls).parameters)
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"Aggregator {key!r} has no setting {', '.join(map(repr, unknown))}.{hint} "
-            f"Its settings: {', '.join(allowed)}."
-        )
-    return cls(**settings)
+})
 
 
 __all__ = [
@@ -156,5 +127,4 @@ __all__ = [
     "WeightedAggregator",
     "check_matrix",
     "get_aggregator",
-    "gram",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.optimize import linprog
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision, restored, saved
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, _precision, _restored, _saved
 from hydranet.balancing.aggregators.solvers import row_space
 
 __all__ = ["PCD"]
@@ -88,11 +88,11 @@ class PCD(WeightedAggregator):
             return weights
         taus = np.broadcast_to(self._taus, (total - 1,))[idx[1:] - 1]
         scaled = gramian * np.outer(scales, scales)
-        mu = _projection_multipliers(scaled, taus, precision(matrix.dtype))
+        mu = _projection_multipliers(scaled, taus, _precision(matrix.dtype))
         w = np.concatenate([[1.0], mu])
         norm2 = float(w @ scaled @ w)
         size = float(np.abs(w) @ np.sqrt(np.diag(scaled))) ** 2
-        if norm2 <= 10 * precision(matrix.dtype) * size:
+        if norm2 <= 10 * _precision(matrix.dtype) * size:
             return weights
         return w * scales * np.sqrt(squares[0] / norm2)
 
@@ -101,11 +101,11 @@ class PCD(WeightedAggregator):
         self.steps: np.ndarray | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"average": saved(self.average), "steps": saved(self.steps)}
+        return {"average": _saved(self.average), "steps": _saved(self.steps)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.average = restored(state["average"])
-        self.steps = restored(state["steps"])
+        self.average = _restored(state["average"])
+        self.steps = _restored(state["steps"])
 
 
 def _projection_multipliers(gramian: np.ndarray, taus: np.ndarray, eps: float) -> np.ndarray:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, restored, saved
+from hydranet.balancing.aggregators._registry import get_aggregator
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, _restored, _saved
 
 __all__ = ["CRMOGM"]
 
@@ -45,8 +46,6 @@ class CRMOGM(WeightedAggregator):
         self, *, method: str = "upgrad", alpha: float = 0.1, settings: Mapping[str, Any] | None = None, normalize: bool = False
     ) -> None:
         super().__init__(normalize=normalize)
-        from hydranet.balancing.aggregators import get_aggregator  # the registry imports this module
-
         settings = dict(settings or {})
         if "normalize" in settings:
             raise ValueError("CRMOGM: pass normalize= to CRMOGM itself, not in settings= (it applies to the wrapped rows).")
@@ -81,8 +80,8 @@ class CRMOGM(WeightedAggregator):
         self.inner.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": saved(self.smoothed), "inner": self.inner.state_dict()}
+        return {"weights": _saved(self.smoothed), "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.smoothed = restored(state["weights"])
+        self.smoothed = _restored(state["weights"])
         self.inner.load_state_dict(state["inner"])

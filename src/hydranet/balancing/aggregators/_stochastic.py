@@ -27,24 +27,14 @@ from torch import Tensor
 from hydranet.balancing.aggregators.base import (
     TaskRows,
     WeightedAggregator,
+    _restored,
+    _saved,
+    _task_rows,
     check_matrix,
-    restored,
-    saved,
-    task_rows,
 )
+from hydranet.balancing.aggregators.tracking import project_simplex  # re-exported: one implementation
 
 __all__ = ["MoDo", "SDMGrad", "project_simplex"]
-
-
-def project_simplex(y: np.ndarray) -> np.ndarray:
-    r"""The Euclidean projection of ``y`` onto the simplex :math:`\{x \ge 0, \mathbf 1^\top x = 1\}`
-    (sort-based, Held, Wolfe & Crowder 1974; Duchi et al. 2008): :math:`x = \max(y - \theta, 0)`."""
-    y = y - y.max()  # the projection ignores a shift along 1; this one keeps huge inputs exact
-    ordered = np.sort(y)[::-1]
-    cumulative = np.cumsum(ordered) - 1.0
-    ranks = np.arange(1, y.size + 1)
-    last = int(np.flatnonzero(ordered - cumulative / ranks > 0)[-1])  # index 0 always qualifies: 0 - (-1) > 0
-    return np.maximum(y - cumulative[last] / (last + 1), 0.0)
 
 
 class _SimplexWeights(WeightedAggregator):
@@ -95,7 +85,7 @@ class _SimplexWeights(WeightedAggregator):
             a = self._prepare(first)[0].to(torch.float64)
             b = self._prepare(second)[0].to(torch.float64)
             cross = (a @ b.T).cpu().numpy()
-            tasks = task_rows(present, rows.shape[0], name)
+            tasks = _task_rows(present, rows.shape[0], name)
             w = torch.as_tensor(self._advance(cross, tasks), dtype=rows.dtype, device=rows.device)
             return (w @ rows).to(update.dtype)
 
@@ -103,10 +93,10 @@ class _SimplexWeights(WeightedAggregator):
         self.state: np.ndarray | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": saved(self.state)}
+        return {"weights": _saved(self.state)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.state = restored(state["weights"])
+        self.state = _restored(state["weights"])
 
 
 def _positive(value: float, name: str, *, zero: bool = False) -> float:

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, restored, saved
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, _restored, _saved
 from hydranet.balancing.aggregators.solvers import power_fixed_point
+
+__all__ = ["FairGrad", "NashMTL"]
 
 
 class NashMTL(WeightedAggregator):
@@ -89,10 +91,10 @@ class NashMTL(WeightedAggregator):
 
     def state_dict(self) -> dict[str, Any]:
         solved = None if self.solved is None else torch.tensor(self.solved)
-        return {"alpha": saved(self.alpha), "solved": solved, "step": self.step}
+        return {"alpha": _saved(self.alpha), "solved": solved, "step": self.step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.alpha = restored(state["alpha"])
+        self.alpha = _restored(state["alpha"])
         self.step = int(state["step"])
         if "solved" in state:
             solved = state["solved"]

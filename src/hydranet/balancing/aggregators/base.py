@@ -40,11 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["Aggregator", "Present", "Randomized", "TaskRows", "WeightedAggregator", "check_matrix"]
+
 # Column block of the Gram product: 2**23 float64 entries (64 MB) across all rows at a time.
 _GRAM_BLOCK = 1 << 23
 
 
-def gram(matrix: Tensor) -> np.ndarray:
+def _gram(matrix: Tensor) -> np.ndarray:
     """:math:`GG^\\top` as a float64 numpy array, computed on ``matrix``'s device in column blocks."""
     rows, cols = matrix.shape
     step = max(1, _GRAM_BLOCK // rows)
@@ -56,7 +58,7 @@ def gram(matrix: Tensor) -> np.ndarray:
     return (result + result.T) / 2
 
 
-def precision(dtype: torch.dtype) -> float:
+def _precision(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype``: rank decisions on a Gram matrix follow the precision of the gradients."""
     return torch.finfo(dtype).eps
 
@@ -79,7 +81,7 @@ class TaskRows:
         return self.index.size == self.total
 
 
-def task_rows(present: Present | None, rows: int, name: str = "Aggregator") -> TaskRows:
+def _task_rows(present: Present | None, rows: int, name: str = "Aggregator") -> TaskRows:
     """The :class:`TaskRows` of a Jacobian with ``rows`` rows described by the mask ``present``
     (``None``: the rows are all the tasks), with an error saying what does not fit."""
     if present is None:
@@ -127,7 +129,7 @@ class Aggregator(ABC):
         """
         with torch.no_grad():
             rows, _ = self._prepare(matrix)
-            return self._aggregate(rows, task_rows(present, rows.shape[0], type(self).__name__)).to(matrix.dtype)
+            return self._aggregate(rows, _task_rows(present, rows.shape[0], type(self).__name__)).to(matrix.dtype)
 
     def reset(self) -> None:
         """Forget the state gathered by earlier calls (no-op for stateless methods)."""
@@ -226,7 +228,7 @@ class WeightedAggregator(Aggregator):
         if dtype in (torch.float16, torch.bfloat16):
             dtype = torch.float32  # as _prepare: the rows are aggregated in float32
         with torch.no_grad():
-            tasks = task_rows(present, size, type(self).__name__)
+            tasks = _task_rows(present, size, type(self).__name__)
             w = self._weights(torch.empty(size, 0, dtype=dtype), K if self.uses_gram else None, tasks)
         return torch.as_tensor(np.asarray(w, dtype=np.float64) * scale)
 
@@ -235,12 +237,12 @@ class WeightedAggregator(Aggregator):
         (``present``: as for :meth:`~Aggregator.__call__`)."""
         with torch.no_grad():
             rows, scale = self._prepare(matrix)
-            tasks = task_rows(present, rows.shape[0], type(self).__name__)
-            w = self._weights(rows, gram(rows) if self.uses_gram else None, tasks)
+            tasks = _task_rows(present, rows.shape[0], type(self).__name__)
+            w = self._weights(rows, _gram(rows) if self.uses_gram else None, tasks)
             return (torch.as_tensor(w, device=matrix.device) * scale.to(torch.float64)).to(matrix.dtype)
 
     def _aggregate(self, matrix: Tensor, tasks: TaskRows) -> Tensor:
-        w = self._weights(matrix, gram(matrix) if self.uses_gram else None, tasks)
+        w = self._weights(matrix, _gram(matrix) if self.uses_gram else None, tasks)
         return torch.as_tensor(w, dtype=matrix.dtype, device=matrix.device) @ matrix
 
     @abstractmethod
@@ -300,13 +302,13 @@ class Randomized:
         self._rng.set_state(state["rng_state"])
 
 
-def saved(array: np.ndarray | None) -> Tensor | None:
+def _saved(array: np.ndarray | None) -> Tensor | None:
     """A numpy state array as a CPU float64 tensor, so that checkpoints load with ``torch.load(weights_only=True)``."""
     return None if array is None else torch.tensor(array, dtype=torch.float64)
 
 
-def restored(value: Any) -> np.ndarray | None:
-    """The float64 numpy array of a state entry written by :func:`saved` (or given as an array/list)."""
+def _restored(value: Any) -> np.ndarray | None:
+    """The float64 numpy array of a state entry written by :func:`_saved` (or given as an array/list)."""
     if value is None:
         return None
     if isinstance(value, Tensor):

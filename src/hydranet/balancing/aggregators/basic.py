@@ -7,6 +7,8 @@ from torch import Tensor
 
 from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator
 
+__all__ = ["Mean", "Sum"]
+
 
 class Mean(WeightedAggregator):
     r"""The average gradient, :math:`d = \frac1T \sum_i g_i` (weights :math:`1/T`).

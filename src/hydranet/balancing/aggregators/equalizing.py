@@ -11,8 +11,10 @@ import numpy as np
 from torch import Tensor
 
 from hydranet.balancing.aggregators._preference import Preference, check_preference, preference_rows
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, _precision
 from hydranet.balancing.aggregators.solvers import row_space
+
+__all__ = ["IMTLG", "AlignedMTL", "ConFIG"]
 
 
 class IMTLG(WeightedAggregator):
@@ -57,9 +59,9 @@ class IMTLG(WeightedAggregator):
         sub = gramian[np.ix_(live, live)]
         norms = np.sqrt(np.diag(sub))
         cosines = sub / norms[:, None] / norms[None, :]
-        vectors, roots = row_space(cosines, precision(matrix.dtype))
+        vectors, roots = row_space(cosines, _precision(matrix.dtype))
         along = vectors.sum(axis=0)  # V^T 1: 1 orthogonal to the kept eigenvectors means C^+ 1 = 0
-        if float(np.linalg.norm(along)) <= np.sqrt(live.size) * max(live.size, 16) * precision(matrix.dtype):
+        if float(np.linalg.norm(along)) <= np.sqrt(live.size) * max(live.size, 16) * _precision(matrix.dtype):
             return out
         direction = (vectors @ (along / roots**2)) / (norms / norms.max())  # D^{-1} C^+ 1, up to a factor
         total = float(direction.sum())
@@ -117,7 +119,7 @@ class AlignedMTL(WeightedAggregator):
         largest = float(values.max())
         if largest <= 0.0:
             return np.zeros(size)
-        keep = values > largest * size * precision(matrix.dtype)
+        keep = values > largest * size * _precision(matrix.dtype)
         values, vectors = values[keep], vectors[:, keep]
         sigma = np.sqrt(values)
         target = {"min": sigma.min(), "median": np.median(sigma), "rmse": np.sqrt(values.mean())}[self.scale_mode]
@@ -164,9 +166,9 @@ class ConFIG(WeightedAggregator):
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
         inverse = np.divide(1.0, norms, out=np.zeros(size), where=norms > 0)
         cosines = gramian * inverse[:, None] * inverse[None, :]
-        vectors, roots = row_space(cosines, precision(matrix.dtype))
+        vectors, roots = row_space(cosines, _precision(matrix.dtype))
         along = vectors.T @ pref  # V^T p: p orthogonal to the row space (e.g. opposite gradients, p = 1) means x = 0
-        if float(np.linalg.norm(along)) <= float(np.linalg.norm(pref)) * max(size, 16) * precision(matrix.dtype):
+        if float(np.linalg.norm(along)) <= float(np.linalg.norm(pref)) * max(size, 16) * _precision(matrix.dtype):
             return np.zeros(size)
         solution = vectors @ (along / roots**2)  # (G^ G^^T)^+ p
         coef = solution * inverse  # x = sum_i coef_i g_i

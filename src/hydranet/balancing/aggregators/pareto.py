@@ -12,8 +12,10 @@ from scipy.optimize import minimize
 from torch import Tensor
 
 from hydranet.balancing.aggregators._preference import Preference, check_preference, preference_rows
-from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, precision
+from hydranet.balancing.aggregators.base import TaskRows, WeightedAggregator, _precision
 from hydranet.balancing.aggregators.solvers import dual_cone_weights, min_norm_simplex
+
+__all__ = ["CAGrad", "DualProj", "MGDA", "UPGrad"]
 
 
 class MGDA(WeightedAggregator):
@@ -35,7 +37,7 @@ class MGDA(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
-        return min_norm_simplex(gramian, precision(matrix.dtype))
+        return min_norm_simplex(gramian, _precision(matrix.dtype))
 
 
 class UPGrad(WeightedAggregator):
@@ -73,7 +75,7 @@ class UPGrad(WeightedAggregator):
         # pi is positively homogeneous: pi(p_i g_i) = |p_i| pi(sign(p_i) g_i), so the solves see unit targets
         # (the solver's tolerances are relative to them) whatever the scale of p
         signs = np.where(pref < 0, -1.0, 1.0)
-        return np.abs(pref) @ dual_cone_weights(gramian, np.diag(signs), precision(matrix.dtype))
+        return np.abs(pref) @ dual_cone_weights(gramian, np.diag(signs), _precision(matrix.dtype))
 
 
 class DualProj(WeightedAggregator):
@@ -102,7 +104,7 @@ class DualProj(WeightedAggregator):
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
         size = gramian.shape[0]
         pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "DualProj")
-        return dual_cone_weights(gramian, pref[None, :], precision(matrix.dtype))[0]
+        return dual_cone_weights(gramian, pref[None, :], _precision(matrix.dtype))[0]
 
 
 class CAGrad(WeightedAggregator):
@@ -169,7 +171,7 @@ class CAGrad(WeightedAggregator):
         along_mean = unit.mean(axis=1)  # g_i . g_0
         radius = self.c * np.sqrt(max(float(unit.mean()), 0.0))  # sqrt(phi) = c |g_0|
         if radius > 0.0:
-            eps = precision(matrix.dtype)
+            eps = _precision(matrix.dtype)
             hull = min_norm_simplex(unit, eps)
             # 0 in the hull (exactly, by the MGDA solver): the max-min value is 0 when the dual cone meets the
             # ball, and the closest maximiser is the projection of g0 (decided here, not from SLSQP's |g_w|,
@@ -183,7 +185,7 @@ class CAGrad(WeightedAggregator):
             norm = np.sqrt(max(float(w @ unit @ w), 0.0))
             formula = weights + (radius / norm) * w if norm > _DEGENERATE else None
             if formula is None or (self.c >= 1.0 and float(np.min(unit @ formula)) < 0.0):
-                weights = self._closest_maximiser(unit, radius, formula, precision(matrix.dtype))
+                weights = self._closest_maximiser(unit, radius, formula, _precision(matrix.dtype))
             else:
                 weights = formula
         return weights / divisor

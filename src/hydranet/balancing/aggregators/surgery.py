@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import Aggregator, Randomized, TaskRows, WeightedAggregator, restored, saved
+from hydranet.balancing.aggregators.base import Aggregator, Randomized, TaskRows, WeightedAggregator, _restored, _saved
+
+__all__ = ["GradDrop", "GradVac", "PCGrad"]
 
 
 def _other_tasks_in_random_order(method: Randomized, size: int) -> np.ndarray:
@@ -160,10 +162,10 @@ class GradVac(Randomized, WeightedAggregator):
         self._reset_random()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"targets": saved(self.targets), **self._random_state()}
+        return {"targets": _saved(self.targets), **self._random_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.targets = restored(state["targets"])
+        self.targets = _restored(state["targets"])
         self._load_random_state(state)
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hydranet.balancing.aggregators.base import Aggregator, TaskRows, WeightedAggregator, gram, restored, saved
+from hydranet.balancing.aggregators.base import Aggregator, TaskRows, WeightedAggregator, _gram, _restored, _saved
+
+__all__ = ["ExcessMTL", "MoCo", "project_simplex"]
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -125,7 +127,7 @@ class MoCo(_ColumnState, Aggregator):
         self.tracked[rows] = tracked
         mass = 1.0 if tasks.complete else float(self.lambdas[tasks.index].sum())
         start = self.lambdas[tasks.index] / mass if mass > 0 else np.full(tasks.index.size, 1.0 / tasks.index.size)
-        regularised = gram(tracked) + self.rho * np.eye(tasks.index.size)
+        regularised = _gram(tracked) + self.rho * np.eye(tasks.index.size)
         weights = project_simplex(start - gamma * regularised @ start)
         self.lambdas[tasks.index] = mass * weights
         return torch.as_tensor(weights, dtype=matrix.dtype, device=matrix.device) @ tracked
@@ -141,13 +143,13 @@ class MoCo(_ColumnState, Aggregator):
             "step": self.step,
             "task_steps": None if self.task_steps is None else torch.tensor(self.task_steps),
             "tracked": None if self.tracked is None else self.tracked.clone(),
-            "lambdas": saved(self.lambdas),
+            "lambdas": _saved(self.lambdas),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.tracked = None if state["tracked"] is None else state["tracked"].clone()
-        self.lambdas = restored(state["lambdas"])
+        self.lambdas = _restored(state["lambdas"])
         if "task_steps" in state:
             steps = state["task_steps"]
             self.task_steps = None if steps is None else torch.as_tensor(steps, dtype=torch.int64).numpy().copy()
@@ -242,11 +244,11 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
     def state_dict(self) -> dict[str, Any]:
         return {
             "squares": None if self.squares is None else self.squares.clone(),
-            "task_weights": saved(self.task_weights),
-            "initial": saved(self.initial),
+            "task_weights": _saved(self.task_weights),
+            "initial": _saved(self.initial),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.squares = None if state["squares"] is None else state["squares"].clone()
-        self.task_weights = restored(state["task_weights"])
-        self.initial = restored(state["initial"])
+        self.task_weights = _restored(state["task_weights"])
+        self.initial = _restored(state["initial"])
