@@ -119,3 +119,21 @@ def test_scaled_targets_scale_the_weights():
 
 def test_module_exports():
     assert _active_set.__all__ == ["batched_nnls"]
+
+
+def test_strictly_weak_matrices_project_exactly_where_bvls_stops_short():
+    # u^T G = 0 with u >= 0 (0 on a face of the hull): min_{s>=0}|z_x + M^T s| has a ray of solutions, on
+    # which BVLS and Lawson-Hanson stopped short (row 4 conflicted with a row at -8% of |G||d| before).
+    # Reference: scipy's NNLS on G^T itself; cases from tests/balancing/properties/families.py.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "properties"))
+    from families import family
+
+    for seed, tasks, params, scale in [(3, 20, 30, 1.0), (8266, 10, 7, 1e-5)]:
+        G = family("strictly_weak", seed, tasks, params).double().numpy() * scale
+        W = dual_cone_weights(G @ G.T, np.eye(tasks))
+        size = np.linalg.norm(G, 2)
+        for i in range(tasks):
+            np.testing.assert_allclose(W[i] @ G, projection(G, G[i]), atol=1e-9 * size, err_msg=f"seed {seed}, row {i}")

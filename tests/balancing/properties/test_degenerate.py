@@ -151,9 +151,8 @@ def test_permutation_invariance_on_drawn_degenerate_matrices(name, case, scale, 
     assert float((build(name)(G[rows]) - expected).norm()) <= RTOL.get(name, 1e-6) * size
 
 
-@pytest.mark.xfail(strict=True, reason="UPGrad's dual-cone solve is order-dependent on some strictly weak matrices "
-                   "(0 on the boundary of the hull): 2.6% of |G| here; benchmarks/degenerate.py counts 8 such cases")
 def test_upgrad_permutation_on_a_strictly_weak_matrix_found_by_hypothesis():
+    # 0 on the boundary of the hull: a ray of NNLS solutions, on which the active-set methods stopped short
     G = family("strictly_weak", 8266, 10, 7) * 1e-5
     expected = UPGrad()(G)
     size = max(float(expected.norm()), float(torch.linalg.matrix_norm(G, ord=2)))

@@ -97,7 +97,7 @@ def _unit_columns(solve, a: np.ndarray) -> np.ndarray:
 
 
 def _kkt_violation(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
-    """How far ``x >= 0`` is from the KKT point of the NNLS problem: the gradient
+    r"""How far ``x >= 0`` is from the KKT point of the NNLS problem: the gradient
     :math:`a^\top(ax - b)` must be >= 0, and :math:`x_j g_j = 0` (relative to :math:`\lVert a\rVert\lVert b\rVert`)."""
     grad = a.T @ (a @ x - b)
     scale = max(float(np.abs(a).max()) * (float(np.abs(b).max()) + float(np.abs(a @ x).max())), 1e-300)
@@ -176,11 +176,52 @@ def dual_cone_weights(gramian: np.ndarray, targets: np.ndarray, eps: float = FLO
     z = starts + s @ coords.T
     for k in np.flatnonzero(~settled | (_kkt_violations(coords, -starts, s) > 1e-12)):
         start = coords @ u[k]  # as the one-by-one solver always did, to the last bit
-        z[k] = start + coords @ _nnls(coords, -start)
+        s_k = _nnls(coords, -start)
+        z[k] = start + coords @ s_k
+        if _kkt_violation(coords, -start, s_k) > 1e-12:  # stopped short (a null ray s >= 0 of M^T): by support
+            z[k] = _projection_by_support(coords, start, z[k])
     zero = np.linalg.norm(z, axis=1) <= live.size * eps * np.maximum(np.linalg.norm(starts, axis=1), 1.0)
     # a projection at the rounding level of the problem (|g_i| <= 1 here) is 0, as in exact arithmetic
     out[np.ix_(~zero, live)] = (z[~zero] / roots) @ vectors.T
     return out
+
+
+def _projection_by_support(coords: np.ndarray, start: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    r"""The projection :math:`z` of ``start`` :math:`z_x` onto :math:`\{z : Mz \ge 0\}` when the NNLS
+    :math:`\min_{s\ge0}\lVert z_x + M^\top s\rVert` has a ray of solutions (:math:`M^\top u = 0` for some
+    :math:`u \ge 0`: 0 on the boundary of the hull of the rows, "strictly weak" matrices), on which the
+    active-set methods can stop short.
+
+    The image :math:`z = z_x + M^\top s` is unique even where :math:`s` is not, and it depends on the support
+    :math:`F` of an optimal :math:`s` alone: :math:`M_F^\top s_F` is then the unconstrained least-squares
+    fit, so :math:`z = (I - P_F)\,z_x` with :math:`P_F` the orthogonal projector onto the span of the
+    columns :math:`F` (a rank-revealing least-squares solve, whatever their dependence). Supports are
+    taken from the ridge problems :math:`\min_{s\ge0}\lVert z_x + M^\top s\rVert^2 + \delta\lVert s\rVert^2`
+    (full column rank, so Lawson-Hanson is exact on them; their solutions tend to the minimum-norm
+    optimal :math:`s` as :math:`\delta \to 0`) for several :math:`\delta`. Of the candidates that are
+    feasible (:math:`Mz \ge 0` to :math:`10^{-12}`, relative), the one nearest :math:`z_x` is returned:
+    the projection is the nearest feasible point, so an exact candidate wins. ``fallback`` (the
+    active-set answer) is a candidate too, and is returned when none is feasible.
+    """
+    size = coords.shape[1]
+    scale = max(float(np.linalg.norm(start)), 1e-300)
+    candidates = [fallback]
+    for delta in (1e-4, 1e-6, 1e-8, 1e-10, 1e-12, 1e-14):  # relative to max |g_i|^2 = 1
+        system = np.vstack([coords, np.sqrt(delta) * np.eye(size)])
+        s = nnls(system, np.concatenate([-start, np.zeros(size)]), maxiter=50 * size + 100)[0]
+        support = s > 0.0
+        if support.any():
+            fit = np.linalg.lstsq(coords[:, support], -start, rcond=None)[0]
+            candidates.append(start + coords[:, support] @ fit)
+        else:
+            candidates.append(start.copy())
+    best, nearest = fallback, np.inf
+    for z in candidates:
+        if float(np.min(coords.T @ z, initial=0.0)) >= -1e-12 * scale:
+            distance = float(np.linalg.norm(z - start))
+            if distance < nearest:
+                best, nearest = z, distance
+    return best
 
 
 def _kkt_violations(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
