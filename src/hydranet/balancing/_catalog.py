@@ -85,8 +85,8 @@ def _paper(doc: str) -> str:
     return "—"
 
 
-def _state(cls: type) -> str:
-    base = Aggregator if issubclass(cls, Aggregator) else Weighting
+def _state(cls: type[Aggregator] | type[Weighting]) -> str:
+    base: type[Aggregator] | type[Weighting] = Aggregator if issubclass(cls, Aggregator) else Weighting
     stateful = cls.state_dict is not base.state_dict
     random = issubclass(cls, Randomized) or "seed" in inspect.signature(cls).parameters
     learnable = issubclass(cls, Weighting) and cls.parameters is not Weighting.parameters
@@ -124,8 +124,9 @@ def _family(name: str, cls: type) -> str:
 
 def method_rows() -> list[tuple[str, ...]]:
     """``(name, class, family, state, cost, scale, paper, paths)`` for every registered method."""
-    rows = []
-    for registry in (WEIGHTINGS, AGGREGATORS):
+    rows: list[tuple[str, ...]] = []
+    registries: tuple[dict[str, type], ...] = (WEIGHTINGS, AGGREGATORS)
+    for registry in registries:
         for name in sorted(registry):
             cls = registry[name]
             doc = inspect.getdoc(cls) or ""

@@ -63,7 +63,7 @@ def features_cover(losses: Tensor, feats: Sequence[Tensor], shared: Sequence[Ten
             if id(variable) in targets and id(variable) not in leaves:
                 return False
             continue
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
     return True
 
 
@@ -109,7 +109,7 @@ def _trunk_rows(
         stacked.append(
             list(torch.autograd.grad(feats, params, grad_outputs=[j[i] for j in jf], retain_graph=True, allow_unused=True))
         )
-    return [None if col[0] is None else torch.stack(col) for col in zip(*stacked)]  # type: ignore[misc]
+    return [None if col[0] is None else torch.stack(col) for col in zip(*stacked)]
 
 
 def _chunks(k: int, chunk_size: int | None) -> list[slice]:

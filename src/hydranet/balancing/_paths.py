@@ -238,6 +238,7 @@ def _reduce(step: _Pass) -> None:
     """Under DDP, the task rows averaged over the ranks that have each task; ``counts`` (ranks per task)
     and ``present`` (the tasks of some rank); the rows kept are those of the present tasks."""
     world, index, n_tasks, jac = step.world, step.index, step.n_tasks, step.jac
+    matrix: Tensor | None
     if step.path == "representation" and world > 1:
         assert jac is not None
         matrix, counts, step.own = gather_task_columns(jac, index, n_tasks)

@@ -32,6 +32,7 @@ _CPU = torch.device("cpu")
 
 def task_dict(tasks: TaskList) -> dict[str, Task | None]:
     """``{name: Task or None}`` from task names, Task objects, or a ``{name: Task}`` mapping."""
+    items: list[str | Task]
     if isinstance(tasks, Mapping):
         items = list(tasks.values())
     else:

@@ -144,7 +144,7 @@ class AutoLambda(LossWeighting):
         if not names:
             return self.weights_by_task()
         index = self.indices(names)
-        objective = sum(self.meta_weights[i].item() * train[n] for i, n in zip(index.tolist(), names))
+        objective = torch.stack([self.meta_weights[i].item() * train[n] for i, n in zip(index.tolist(), names)]).sum()
         grads = self._grads(objective, params)
         try:
             with torch.no_grad():
@@ -160,8 +160,8 @@ class AutoLambda(LossWeighting):
                     f"auto_lambda's validation batch has none of the primary tasks {self.primary}: give the "
                     "validation loader batches with their labels (e.g. quotas), or change primary."
                 )
-            direction = self._grads(sum(primary), params)
-            norm = float(torch.sqrt(sum((d.double() ** 2).sum() for d in direction)))
+            direction = self._grads(torch.stack(primary).sum(), params)
+            norm = float(torch.sqrt(torch.stack([(d.double() ** 2).sum() for d in direction]).sum()))
             if not norm > 0:
                 return self.weights_by_task()
             eps = 0.01 / norm

@@ -229,10 +229,7 @@ class Balancer:
             return self._weighting_backward(losses, shared_params)
         names, stacked, values = check_losses(losses, self.task_names)
         shared = [p for p in shared_params if p.requires_grad]
-        if not shared:
-            raise ValueError(
-                "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
-            )
+        _check_shared(shared)
         return jacobian_backward(self, names, stacked, values, shared, task_params, features, losses)
 
     def _weighting_backward(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> StepInfo:
@@ -256,42 +253,31 @@ class Balancer:
                 "itself, so it has no objective to differentiate. Call balancer.backward(...) instead."
             )
         method = self.method
-        names, stacked = fast_stack(losses, self.task_names) if world_size() == 1 else (None, None)
-        direct = None
-        if names is not None:
-            key = tuple(names)
+        assert isinstance(method, LossWeighting)  # uses_jacobian is False exactly for loss weightings
+        shared = [p for p in shared_params if p.requires_grad]
+        fast_names, fast = fast_stack(losses, self.task_names) if world_size() == 1 else (None, None)
+        if fast_names is not None and fast is not None:
+            key = tuple(fast_names)
             index = self._lw_index.get(key)
             if index is None:
-                index = self._lw_index[key] = method.indices(names)
-            direct = method.direct(stacked, index)
-        if direct is None:
-            names, stacked, values = check_losses(losses, self.task_names)
-            shared = [p for p in shared_params if p.requires_grad]
-            combined = method.combine(names, stacked, values, shared)
-            total, value, weights, norms = combined.total, combined.value, combined.weights, combined.grad_norms
-        else:
-            total, weights_of = direct
-            shared = [p for p in shared_params if p.requires_grad]
-            value = None
-        if not shared:
-            raise ValueError(
-                "shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True)."
-            )
-        if direct is not None:
-            detached = stacked.detach()
-            return total, StepInfo(
-                {"tasks": names, "cosines": None, "jacobian": None, "grad_norms": {}},
-                losses=lambda: dict(zip(names, detached.tolist())),
-                total=lambda: float(total.detach()),
-                weights=lambda: dict(zip(names, weights_of().tolist())),
-            )
-        return total, StepInfo(
-            {
-                "tasks": names,
-                "total": value,
-                "cosines": None,
-                "jacobian": None,
-            },
+                index = self._lw_index[key] = method.indices(fast_names)
+            direct = method.direct(fast, index)
+            if direct is not None:
+                _check_shared(shared)
+                total, weights_of = direct
+                detached = fast.detach()
+                return total, StepInfo(
+                    {"tasks": fast_names, "cosines": None, "jacobian": None, "grad_norms": {}},
+                    losses=lambda: dict(zip(fast_names, detached.tolist())),
+                    total=lambda: float(total.detach()),
+                    weights=lambda: dict(zip(fast_names, weights_of().tolist())),
+                )
+        names, stacked, values = check_losses(losses, self.task_names)
+        combined = method.combine(names, stacked, values, shared)
+        _check_shared(shared)
+        weights, norms = combined.weights, combined.grad_norms
+        return combined.total, StepInfo(
+            {"tasks": names, "total": combined.value, "cosines": None, "jacobian": None},
             losses=lambda: dict(zip(names, values.tolist())),
             weights=lambda: dict(zip(names, weights.tolist())),
             grad_norms=lambda: dict(zip(names, norms.tolist())) if norms is not None else {},
@@ -312,6 +298,11 @@ class Balancer:
         if self._gramian_ok and key * sum(p.numel() for p in shared) * shared[0].element_size() > self.gramian_above:
             return "gramian"
         return "features"
+
+def _check_shared(shared: Sequence[Tensor]) -> None:
+    if not shared:
+        raise ValueError("shared_params is empty or frozen: pass model.shared_parameters() (with requires_grad=True).")
+
 
 def _construct(cls: type, args: tuple, settings: dict[str, Any], name: str) -> Any:
     """``cls(*args, **settings)``, naming the accepted settings when one is unknown."""

@@ -41,9 +41,8 @@ class Constant(WeightedAggregator):
                 raise ValueError(
                     f"Constant needs weights as a non-empty 1-D sequence of finite numbers (one per task), got {weights!r}."
                 )
-            weights = values
         # Not ``self.weights``: that name is the method ``weights(G)`` of every weighting.
-        self.task_weights: np.ndarray | None = weights
+        self.task_weights: np.ndarray | None = None if weights is None else values
 
     def __repr__(self) -> str:
         shown = None if self.task_weights is None else self.task_weights.tolist()

@@ -47,6 +47,10 @@ class PCD(WeightedAggregator):
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
+    average: np.ndarray | None
+    steps: np.ndarray | None
+
+
     gramian_only = True  # everything reads G through K
 
     def __init__(self, *, tau: float | list[float] = 0.02, beta: float = 0.999, eps: float = 1e-8, normalize: bool = False) -> None:
@@ -65,6 +69,7 @@ class PCD(WeightedAggregator):
         self.reset()
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         self._check_tasks(tasks, None if self.average is None else self.average.size)
         if tasks.index[0] != 0:
             raise ValueError(
@@ -76,6 +81,7 @@ class PCD(WeightedAggregator):
             raise ValueError(f"PCD got {self._taus.size} values of tau for {total - 1} secondary tasks: give one or {total - 1}.")
         if self.average is None:
             self.average, self.steps = np.zeros(total), np.zeros(total)
+        assert self.steps is not None  # set with the average
         squares = np.clip(np.diag(gramian), 0.0, None)
         idx = tasks.index
         self.average[idx] = self.beta * self.average[idx] + (1.0 - self.beta) * squares
@@ -97,8 +103,8 @@ class PCD(WeightedAggregator):
         return w * scales * np.sqrt(squares[0] / norm2)
 
     def reset(self) -> None:
-        self.average: np.ndarray | None = None
-        self.steps: np.ndarray | None = None
+        self.average = None
+        self.steps = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": _saved(self.average), "steps": _saved(self.steps)}

@@ -62,6 +62,7 @@ class Krum(WeightedAggregator):
         return max(self.n_byzantine + 3, self.n_selected)
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         if size < self.min_rows:
             raise ValueError(

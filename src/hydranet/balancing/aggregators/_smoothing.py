@@ -66,6 +66,7 @@ class CRMOGM(WeightedAggregator):
         self.smoothed: np.ndarray | None = None
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         self._check_tasks(tasks, None if self.smoothed is None else self.smoothed.size)
         fresh = np.asarray(self.inner._weights(matrix, gramian, tasks), dtype=np.float64)
         if self.smoothed is None:

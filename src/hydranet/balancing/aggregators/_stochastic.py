@@ -40,6 +40,9 @@ __all__ = ["MoDo", "SDMGrad", "project_simplex"]
 class _SimplexWeights(WeightedAggregator):
     """Shared state handling: weights on the simplex over the task list, stepped on the present face."""
 
+    state: np.ndarray | None
+
+
     gramian_only = True  # agg(G) reads G only through K = G G^T
 
     def __init__(self, *, normalize: bool) -> None:
@@ -47,6 +50,7 @@ class _SimplexWeights(WeightedAggregator):
         self.reset()
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         return self._advance(gramian, tasks)
 
     def _advance(self, cross: np.ndarray, tasks: TaskRows) -> np.ndarray:
@@ -90,7 +94,7 @@ class _SimplexWeights(WeightedAggregator):
             return (w @ rows).to(update.dtype)
 
     def reset(self) -> None:
-        self.state: np.ndarray | None = None
+        self.state = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": _saved(self.state)}

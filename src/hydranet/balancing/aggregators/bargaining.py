@@ -56,6 +56,10 @@ class NashMTL(WeightedAggregator):
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
+    alpha: np.ndarray | None
+    solved: np.ndarray | None
+
+
     def __init__(self, *, max_norm: float | None = 1.0, update_weights_every: int = 1, normalize: bool = False) -> None:
         super().__init__(normalize=normalize)
         if max_norm is not None and not max_norm > 0:
@@ -69,6 +73,7 @@ class NashMTL(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         self._check_tasks(tasks, None if self.alpha is None else self.alpha.shape[0])
         if self.alpha is None:
             self.alpha = np.full(tasks.total, np.nan)  # NaN: never solved (the solver then starts cold)
@@ -85,8 +90,8 @@ class NashMTL(WeightedAggregator):
         return weights
 
     def reset(self) -> None:
-        self.alpha: np.ndarray | None = None
-        self.solved: np.ndarray | None = None  # the tasks of the last solve (a boolean mask)
+        self.alpha = None
+        self.solved = None  # the tasks of the last solve (a boolean mask)
         self.step = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -136,4 +141,5 @@ class FairGrad(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         return power_fixed_point(gramian, self.alpha)

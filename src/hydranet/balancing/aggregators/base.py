@@ -34,7 +34,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,10 +199,10 @@ class WeightedAggregator(Aggregator):
     """
 
     #: Whether ``_weights`` reads the Gram matrix (the baselines do not).
-    uses_gram: ClassVar[bool] = True
+    uses_gram: bool = True
     #: Whether the weights depend on :math:`G` only through :math:`K = GG^\top` (and its dtype), so that
     #: :meth:`weights_from_gramian` gives them without :math:`G`.
-    gramian_only: ClassVar[bool] = False
+    gramian_only: bool = False
 
     def weights_from_gramian(
         self, gramian: Tensor | np.ndarray, *, present: Present | None = None, dtype: torch.dtype = torch.float32
@@ -211,6 +211,7 @@ class WeightedAggregator(Aggregator):
         float64), for methods with ``gramian_only``; ``dtype`` is :math:`G`'s (rank decisions follow its
         precision). Returns CPU float64 weights of the rows of :math:`G` as given (with ``normalize=True``
         including the :math:`1/\lVert g_i\rVert` factors, read from the diagonal of :math:`K`)."""
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         if not self.gramian_only:
             raise TypeError(
                 f"{type(self).__name__} needs the task Jacobian itself, not only its Gramian: call weights(G)."
@@ -286,6 +287,7 @@ class Randomized:
         if self.generator is None:
             self._rng = None
         else:
+            assert self._initial_state is not None  # kept with the generator
             self.generator.set_state(self._initial_state)
 
     def _random_state(self) -> dict[str, Any]:

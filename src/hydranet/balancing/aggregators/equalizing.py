@@ -52,6 +52,7 @@ class IMTLG(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         out = np.zeros(gramian.shape[0])
         live = np.flatnonzero(np.diag(gramian) > 0)
         if live.size == 0:
@@ -114,6 +115,7 @@ class AlignedMTL(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         values, vectors = np.linalg.eigh(gramian)
         largest = float(values.max())
@@ -161,6 +163,7 @@ class ConFIG(WeightedAggregator):
         self.pref_vector = check_preference(pref_vector, "ConFIG")
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         pref = preference_rows(self.pref_vector, tasks, 1.0, "ConFIG")
         norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))

@@ -37,6 +37,7 @@ class MGDA(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         return min_norm_simplex(gramian, _precision(matrix.dtype))
 
 
@@ -70,6 +71,7 @@ class UPGrad(WeightedAggregator):
         self.pref_vector = check_preference(pref_vector, "UPGrad")
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "UPGrad")
         # pi is positively homogeneous: pi(p_i g_i) = |p_i| pi(sign(p_i) g_i), so the solves see unit targets
@@ -102,6 +104,7 @@ class DualProj(WeightedAggregator):
         self.pref_vector = check_preference(pref_vector, "DualProj")
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         pref = preference_rows(self.pref_vector, tasks, 1.0 / size, "DualProj")
         return dual_cone_weights(gramian, pref[None, :], _precision(matrix.dtype))[0]
@@ -161,6 +164,7 @@ class CAGrad(WeightedAggregator):
     gramian_only = True  # the weights read G only through K = G G^T
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
         weights = np.full(size, 1.0 / size)

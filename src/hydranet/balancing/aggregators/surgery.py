@@ -54,6 +54,7 @@ class PCGrad(Randomized, WeightedAggregator):
         self._init_random(seed, generator)
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         coef = np.eye(size)
         if size == 1:
@@ -129,6 +130,7 @@ class GradVac(Randomized, WeightedAggregator):
         self.targets: np.ndarray | None = None
 
     def _weights(self, matrix: Tensor, gramian: np.ndarray | None, tasks: TaskRows) -> np.ndarray:
+        assert gramian is not None  # uses_gram: the base passes K = G G^T
         size = gramian.shape[0]
         self._check_tasks(tasks, None if self.targets is None else self.targets.shape[0])
         if self.targets is None:

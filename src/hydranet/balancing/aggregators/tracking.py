@@ -89,6 +89,11 @@ class MoCo(_ColumnState, Aggregator):
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
+    tracked: Tensor | None
+    lambdas: np.ndarray | None
+    task_steps: np.ndarray | None
+
+
     def __init__(
         self,
         *,
@@ -117,6 +122,7 @@ class MoCo(_ColumnState, Aggregator):
             self.tracked = matrix.new_zeros(tasks.total, matrix.shape[1])
             self.lambdas = np.full(tasks.total, 1.0 / tasks.total)
             self.task_steps = np.zeros(tasks.total, dtype=np.int64)
+        assert self.lambdas is not None and self.task_steps is not None  # set with tracked
         self.step += 1
         self.task_steps[tasks.index] += 1
         rates = [self.beta / int(n) ** self.beta_sigma for n in self.task_steps[tasks.index]]
@@ -134,9 +140,9 @@ class MoCo(_ColumnState, Aggregator):
 
     def reset(self) -> None:
         self.step = 0
-        self.tracked: Tensor | None = None
-        self.lambdas: np.ndarray | None = None
-        self.task_steps: np.ndarray | None = None
+        self.tracked = None
+        self.lambdas = None
+        self.task_steps = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -199,6 +205,11 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
         normalize: see :class:`~hydranet.balancing.aggregators.Aggregator`.
     """
 
+    squares: Tensor | None
+    task_weights: np.ndarray | None
+    initial: np.ndarray | None
+
+
     uses_gram = False
 
     def __init__(self, *, step_size: float = 0.01, eps: float = 1e-7, normalize: bool = False) -> None:
@@ -217,6 +228,7 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
             self.squares = matrix.new_zeros(tasks.total, matrix.shape[1])
             self.task_weights = np.ones(tasks.total)
             self.initial = np.full(tasks.total, np.nan)
+        assert self.task_weights is not None and self.initial is not None  # set with squares
         rows = torch.as_tensor(tasks.index, device=matrix.device)
         squared = matrix.square()
         self.squares = self.squares.to(matrix.device, matrix.dtype)
@@ -237,9 +249,9 @@ class ExcessMTL(_ColumnState, WeightedAggregator):
         return size * shares / shares.sum()
 
     def reset(self) -> None:
-        self.squares: Tensor | None = None
-        self.task_weights: np.ndarray | None = None
-        self.initial: np.ndarray | None = None
+        self.squares = None
+        self.task_weights = None
+        self.initial = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
