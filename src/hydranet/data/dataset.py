@@ -40,7 +40,7 @@ from hydranet.data.labels import (
 )
 from hydranet.tasks import Task, as_task_dict
 
-__all__ = ["MultiTaskDataset"]
+__all__ = ["MultiTaskDataset", "Sample"]
 
 Sample = tuple[Any, dict[str, Any]]
 

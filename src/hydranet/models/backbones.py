@@ -37,7 +37,7 @@ from hydranet.models.heads import activation as make_activation
 
 __all__ = ["MLP", "ConvNet", "LeNet", "from_torchvision", "from_timm", "BACKBONES", "build_backbone"]
 
-NORMS: tuple[str | None, ...] = (None, "batch", "layer")
+_NORMS: tuple[str | None, ...] = (None, "batch", "layer")
 
 
 def _positive(value: Any, what: str) -> int:
@@ -85,7 +85,7 @@ class MLP(nn.Sequential):
     ) -> None:
         _positive(in_features, "MLP in_features")
         sizes = _widths(hidden, "An MLP backbone", "hidden=(128,)")
-        if norm not in NORMS:
+        if norm not in _NORMS:
             raise ValueError(f"Unknown norm {norm!r}; choose None, 'batch' or 'layer'.")
         p = _dropout(dropout)
         make_activation(activation)  # validates the name before any layer is built
@@ -312,7 +312,7 @@ def from_timm(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
 #: Registry of backbone factories by name; configs name backbones through it. Add your own:
 #: ``BACKBONES["mine"] = MyBackbone``. ``torchvision:<name>`` and ``timm:<name>`` are resolved by prefix.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "convnet": ConvNet, "lenet": LeNet}
-PREFIXES: dict[str, Callable[..., nn.Module]] = {"torchvision": from_torchvision, "timm": from_timm}
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {"torchvision": from_torchvision, "timm": from_timm}
 
 
 def build_backbone(name: str, *, input_shape: int | Sequence[int] | None = None, **kwargs: Any) -> nn.Module:
@@ -326,11 +326,11 @@ def build_backbone(name: str, *, input_shape: int | Sequence[int] | None = None,
         raise TypeError(f"Backbone name must be a string, got {type(name).__name__}.")
     prefix, _, model_name = name.partition(":")
     if model_name:
-        if prefix not in PREFIXES:
-            raise ValueError(f"Unknown backbone family {prefix!r} in {name!r}; use one of {', '.join(PREFIXES)}.")
+        if prefix not in _PREFIXES:
+            raise ValueError(f"Unknown backbone family {prefix!r} in {name!r}; use one of {', '.join(_PREFIXES)}.")
         if prefix == "timm" and input_shape is not None:
             kwargs.setdefault("in_chans", _as_shape(input_shape)[0])
-        return PREFIXES[prefix](model_name, **kwargs)
+        return _PREFIXES[prefix](model_name, **kwargs)
     if name not in BACKBONES:
         raise ValueError(
             f"Unknown backbone {name!r}.{did_you_mean(name, BACKBONES)}"

@@ -22,7 +22,16 @@ from torch import nn
 
 from hydranet.tasks import Task, TaskDict
 
-__all__ = ["HEAD_KINDS", "ACTIVATIONS", "TaskDict", "make_head", "build_heads", "head_in_features", "HeadSpec"]
+__all__ = [
+    "HEAD_KINDS",
+    "ACTIVATIONS",
+    "TaskDict",
+    "make_head",
+    "build_heads",
+    "head_in_features",
+    "HeadSpec",
+    "activation",
+]
 
 HEAD_KINDS: tuple[str, ...] = ("linear", "mlp")
 

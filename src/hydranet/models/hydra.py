@@ -52,10 +52,14 @@ __all__ = [
     "find_feature_dim",
     "dry_run",
     "flat_size",
+    "DropoutArg",
+    "HeadArg",
+    "HiddenArg",
+    "TaskSelection",
 ]
 
 #: Attributes a backbone may carry to announce its feature size (hydranet / torchvision-style, timm).
-FEATURE_ATTRIBUTES: tuple[str, ...] = ("out_features", "feature_dim", "head_hidden_size", "num_features")
+_FEATURE_ATTRIBUTES: tuple[str, ...] = ("out_features", "feature_dim", "head_hidden_size", "num_features")
 
 TaskSelection = Sequence[str] | str | None
 
@@ -160,7 +164,7 @@ def find_feature_dim(
             raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}.")
         declared, source = feature_dim, "feature_dim"
     else:
-        for attribute in FEATURE_ATTRIBUTES:
+        for attribute in _FEATURE_ATTRIBUTES:
             value = getattr(backbone, attribute, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 declared, source = value, f"{type(backbone).__name__}.{attribute}"

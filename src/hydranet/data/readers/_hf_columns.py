@@ -27,7 +27,7 @@ from hydranet.data.readers._hf_arrow import (
     make_problems,
     scalar_type,
 )
-from hydranet.data.readers.columns import Declared, TasksArg, declare_tasks, encode_column, listing, reader_warning
+from hydranet.data.readers.columns import Declared, TasksArg, declare_tasks, encode_column, _listing, _reader_warning
 from hydranet.tasks import MISSING_INT, Task, TaskKind
 
 if TYPE_CHECKING:
@@ -154,13 +154,13 @@ def _outside(
 ) -> None:
     """Class names outside a given vocabulary: an error, or (``unknown="missing"``) a warning."""
     where = f"Task {d.name!r}{source}: {count} {what}"
-    names = f"outside its vocabulary {list(given)}:\n{listing(list(found))}"
+    names = f"outside its vocabulary {list(given)}:\n{_listing(list(found))}"
     if unknown == "error":
         raise ValueError(
             f"{where} have class name(s) {names}\nPass unknown='missing' to treat them as missing labels, or a "
             "vocabulary that includes them."
         )
-    reader_warning(f"{where} dropped (now missing labels): class name(s) {names}")
+    _reader_warning(f"{where} dropped (now missing labels): class name(s) {names}")
 
 
 def _class_task(d: Declared, kind: str, names: list[str] | None, n_classes: int, source: str) -> Task:

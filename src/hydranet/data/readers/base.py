@@ -25,12 +25,12 @@ from hydranet._checks import check_choice, check_number
 from hydranet.data._collate import make_collate
 from hydranet.data._none import none_mask
 from hydranet.data.dataset import MultiTaskDataset
-from hydranet.data.readers.columns import Encoded, Skipped, first_problems, listing, save_vocabularies, warn_skipped
+from hydranet.data.readers.columns import Encoded, Skipped, _first_problems, _listing, save_vocabularies, _warn_skipped
 from hydranet.data.readers.images import CheckLevel, DefaultTransform, ImageReadError, check_images, load_image
 from hydranet.data.split import split_indices, strata
 from hydranet.tasks import Task
 
-__all__ = ["ImageSamples", "Parts", "ReaderDataset"]
+__all__ = ["ImageSamples", "Parts", "ReaderDataset", "OnError", "PackedStrings", "Verify"]
 
 Verify = Literal[False, True, "decode"]
 OnError = Literal["error", "skip"]
@@ -270,7 +270,7 @@ class ReaderDataset(MultiTaskDataset):
 
 
 # -- steps shared by the readers ----------------------------------------------------------------------------
-def check_policies(verify: Any, on_error: Any, unknown: Any) -> None:
+def _check_policies(verify: Any, on_error: Any, unknown: Any) -> None:
     # verify is a bool or "decode": 1 or "true" would compare equal to True or read as a wrong bool.
     if not isinstance(verify, (bool, np.bool_, str)):
         raise TypeError(f"verify must be True, False or 'decode', got {verify!r} ({type(verify).__name__}).")
@@ -281,7 +281,7 @@ def check_policies(verify: Any, on_error: Any, unknown: Any) -> None:
         check_choice(name, value, choices)
 
 
-def resolve_transform(
+def _resolve_transform(
     transform: Callable[[Any], Any] | None, image_size: int | Sequence[int] | None
 ) -> Callable[[Any], Any]:
     """The user's transform, or :func:`default_transform` of ``image_size``."""
@@ -297,16 +297,16 @@ def resolve_transform(
     return transform
 
 
-def drop_problems(names: Sequence[str] | np.ndarray, columns: Sequence[Encoded]) -> tuple[np.ndarray, list[Skipped]]:
+def _drop_problems(names: Sequence[str] | np.ndarray, columns: Sequence[Encoded]) -> tuple[np.ndarray, list[Skipped]]:
     """``(keep mask, skipped)``: samples with an unusable value in any task are left out."""
-    problems = first_problems([c.problems for c in columns], len(names))
+    problems = _first_problems([c.problems for c in columns], len(names))
     bad = np.flatnonzero(~none_mask(problems))
     keep = np.ones(len(names), dtype=bool)
     keep[bad] = False
     return keep, [Skipped(names[k], problems[k]) for k in bad.tolist()]
 
 
-def screen_images(
+def _screen_images(
     paths: Sequence[str] | np.ndarray, verify: Verify, on_error: OnError, *, need_sizes: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, list[Skipped]]:
     """Check the files up front when asked (``verify``, or ``on_error="skip"``, which needs it).
@@ -323,14 +323,14 @@ def screen_images(
     if errors and on_error == "error":
         raise ImageReadError(
             f"{len(errors)} of {len(paths)} image files cannot be read:\n"
-            + listing([f"{paths[k]}: {reason}" for k, reason in errors])
+            + _listing([f"{paths[k]}: {reason}" for k, reason in errors])
             + "\nFix or remove them, or pass on_error='skip' to leave them out."
         )
     keep[[k for k, _ in errors]] = False
     return keep, sizes, [Skipped(paths[k], reason) for k, reason in errors]
 
 
-def assemble(
+def _assemble(
     reader: str,
     samples: Dataset,
     tasks: Sequence[Task],
@@ -341,7 +341,7 @@ def assemble(
     total: int,
 ) -> ReaderDataset:
     """Report what was skipped, check every task kept a label, and build the dataset."""
-    warn_skipped(reader, skipped, total)
+    _warn_skipped(reader, skipped, total)
     if len(cast(Sized, samples)) == 0:  # every reader's samples are sized; torch's Dataset type has no __len__
         raise ValueError(f"{reader}: no sample left ({len(skipped)} of {total} skipped; see the warning).")
     for task in tasks:
@@ -353,7 +353,7 @@ def assemble(
     return ReaderDataset.build(samples, tasks, labels, vocabularies=vocabularies, skipped=skipped)
 
 
-def image_dataset(
+def _image_dataset(
     reader: str,
     paths: Sequence[str],
     columns: Sequence[Encoded],
@@ -366,6 +366,6 @@ def image_dataset(
     labels = {c.task.name: c.values for c in columns}
     vocabularies = {c.task.name: c.vocabulary for c in columns if c.vocabulary is not None}
     samples = ImageSamples(paths, labels, transform)
-    return assemble(
+    return _assemble(
         reader, samples, [c.task for c in columns], labels, vocabularies=vocabularies, skipped=skipped, total=total
     )

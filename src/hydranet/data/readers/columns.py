@@ -74,7 +74,7 @@ class Skipped(NamedTuple):
     reason: str
 
 
-def listing(entries: Sequence[str]) -> str:
+def _listing(entries: Sequence[str]) -> str:
     """The first entries, one per line, and how many more there are."""
     lines = [f"  {e}" for e in entries[:_SHOWN]]
     if len(entries) > _SHOWN:
@@ -82,7 +82,7 @@ def listing(entries: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def reader_warning(message: str) -> None:
+def _reader_warning(message: str) -> None:
     """Warn with the user's line as the location: the first caller outside this package."""
     level = 1
     frame: FrameType | None = sys._getframe(0)
@@ -91,11 +91,11 @@ def reader_warning(message: str) -> None:
     warnings.warn(message, ReaderWarning, stacklevel=level)
 
 
-def warn_skipped(reader: str, skipped: Sequence[Skipped], total: int) -> None:
+def _warn_skipped(reader: str, skipped: Sequence[Skipped], total: int) -> None:
     if skipped:
-        reader_warning(
+        _reader_warning(
             f"{reader}: {len(skipped)} of {total} samples skipped (all of them are in dataset.skipped):\n"
-            + listing([f"{s.path}: {s.reason}" for s in skipped])
+            + _listing([f"{s.path}: {s.reason}" for s in skipped])
         )
 
 
@@ -289,13 +289,13 @@ def _codes_by_name(
         if unknown == "error":
             raise ValueError(
                 f"Task {name!r}{source}: {count} sample(s) have class name(s) outside its vocabulary "
-                f"{vocab}:\n{listing(found)}\nPass unknown='missing' to treat them as missing labels, "
+                f"{vocab}:\n{_listing(found)}\nPass unknown='missing' to treat them as missing labels, "
                 "or a vocabulary that includes them."
             )
         codes[outside] = MISSING_INT
-        reader_warning(
+        _reader_warning(
             f"Task {name!r}{source}: {count} label(s) dropped (now missing): class name(s) outside its "
-            f"vocabulary {vocab}:\n{listing(found)}"
+            f"vocabulary {vocab}:\n{_listing(found)}"
         )
     return codes
 
@@ -406,7 +406,7 @@ def _check_vocabulary_size(
             )
 
 
-def first_problems(problems: Sequence[np.ndarray], n: int) -> np.ndarray:
+def _first_problems(problems: Sequence[np.ndarray], n: int) -> np.ndarray:
     """Object ``[n]``: for each sample, the first of its problems (``None`` if it has none)."""
     out = np.full(n, None, dtype=object)
     for column in problems:

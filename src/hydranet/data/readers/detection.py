@@ -42,10 +42,10 @@ from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
     Verify,
-    assemble,
-    check_policies,
-    resolve_transform,
-    screen_images,
+    _assemble,
+    _check_policies,
+    _resolve_transform,
+    _screen_images,
 )
 from hydranet.data.readers.columns import (
     Declared,
@@ -55,10 +55,10 @@ from hydranet.data.readers.columns import (
     as_vocabularies,
     declare_tasks,
     encode_column,
-    first_problems,
+    _first_problems,
 )
 from hydranet.data.readers.images import DefaultTransform
-from hydranet.data.readers.manifest import manifest_root
+from hydranet.data.readers.manifest import _manifest_root
 from hydranet.data.readers.tables import Table, confine_paths, load_table, number_cells, resolve_paths
 from hydranet.tasks import Task
 
@@ -288,10 +288,10 @@ def read_detection(
         transform, image_size, vocabularies, unknown, verify, on_error: as in :func:`read_folders`.
         delimiter, encoding, allow_outside_root: as in :func:`read_manifest`.
     """
-    check_policies(verify, on_error, unknown)
+    _check_policies(verify, on_error, unknown)
     check_choice("box_format", box_format, ("normalized", "pixels"))
     check_bool("allow_outside_root", allow_outside_root)
-    transform = resolve_transform(transform, image_size)
+    transform = _resolve_transform(transform, image_size)
     table = load_table(manifest, delimiter=delimiter, encoding=encoding)
     declared = declare_tasks({"label": "multiclass"} if tasks is None else tasks, allow_empty=True)
     _check_ragged_names(declared, [boxes] + ([landmarks] if landmarks is not None else []))
@@ -307,7 +307,7 @@ def read_detection(
 
     columns = _image_labels(table, notes, declared, as_vocabularies(vocabularies, declared), unknown, problems)
 
-    base = manifest_root(table.source, root)
+    base = _manifest_root(table.source, root)
     paths, empty = resolve_paths(table.column(path_column)[first], base)
     confine_paths(
         paths, empty, base, rows=list(np.asarray(table.rows, dtype=object)[first]), source=table.source,
@@ -319,7 +319,7 @@ def read_detection(
         sizes = np.stack([number_cells(table.column(c)[first])[0] for c in size_columns], axis=1)
         problems.append(np.where((sizes > 0).all(axis=1), NONE, f"{' and '.join(size_columns)} must be positive"))
     problems.append(_box_problems(notes))
-    problem = first_problems(problems, n)
+    problem = _first_problems(problems, n)
     keep = none_mask(problem)
     names = np.where(empty, np.array(table.rows, dtype=object)[first], paths)
     skipped = [Skipped(names[k], problem[k]) for k in np.flatnonzero(~keep)]
@@ -327,7 +327,7 @@ def read_detection(
     resize = transform.size if isinstance(transform, DefaultTransform) else None
     scale = box_format == "normalized" or resize is not None
     candidates = np.flatnonzero(keep)
-    ok, read_sizes, bad_files = screen_images(paths[candidates], verify, on_error, need_sizes=scale and sizes is None)
+    ok, read_sizes, bad_files = _screen_images(paths[candidates], verify, on_error, need_sizes=scale and sizes is None)
     if sizes is None and read_sizes is not None:
         sizes = np.zeros((n, 2))
         sizes[candidates] = read_sizes
@@ -347,7 +347,7 @@ def read_detection(
     if landmarks is not None and points is not None:
         labels[landmarks] = _ragged(points, owner, notes.has_points[keep])
         tasks_out.append(Task(landmarks, "regression", dim=points.shape[1], ragged=True))
-    return assemble(
+    return _assemble(
         "read_detection",
         ImageSamples(paths[keep], labels, transform),
         tasks_out,

@@ -26,11 +26,11 @@ from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
     Verify,
-    check_policies,
-    drop_problems,
-    image_dataset,
-    resolve_transform,
-    screen_images,
+    _check_policies,
+    _drop_problems,
+    _image_dataset,
+    _resolve_transform,
+    _screen_images,
 )
 from hydranet.data.readers.columns import (
     Skipped,
@@ -38,9 +38,9 @@ from hydranet.data.readers.columns import (
     as_vocabularies,
     declare_tasks,
     encode_column,
-    reader_warning,
+    _reader_warning,
 )
-from hydranet.data.readers.folders import check_root, image_files
+from hydranet.data.readers.folders import _check_root, _image_files
 from hydranet.data.readers.images import IMAGE_EXTENSIONS
 
 __all__ = ["UTKFACE_PATTERN", "UTKFACE_TASKS", "read_filenames"]
@@ -95,10 +95,10 @@ def read_filenames(
             images in sub-folders beside the top-level ones a :class:`ReaderWarning` with their count;
             both name the fix, ``recursive=True``.
     """
-    check_policies(verify, on_error, unknown)
+    _check_policies(verify, on_error, unknown)
     check_bool("recursive", recursive)
-    transform = resolve_transform(transform, image_size)
-    base = check_root(root)
+    transform = _resolve_transform(transform, image_size)
+    base = _check_root(root)
     regex = re.compile(pattern)
     groups = sorted(regex.groupindex, key=lambda group: regex.groupindex[group])
     if not groups:
@@ -113,7 +113,7 @@ def read_filenames(
         raise ValueError(f"converters= names unknown task(s) {unknown_converters}.")
     vocab = as_vocabularies(vocabularies, declared)
 
-    paths = np.array(image_files(base, extensions, recursive=recursive), dtype=object)
+    paths = np.array(_image_files(base, extensions, recursive=recursive), dtype=object)
     if not recursive:
         _check_nested(base, extensions, len(paths))
     if not len(paths):
@@ -134,13 +134,13 @@ def read_filenames(
         )
         for d in declared
     ]
-    keep, skipped = drop_problems(paths, columns)
+    keep, skipped = _drop_problems(paths, columns)
     keep &= matched
     skipped = [Skipped(p, f"name does not match {regex.pattern!r}") for p in paths[~matched]] + skipped
     paths, columns = paths[keep], [c.take(keep) for c in columns]
 
-    ok, _, bad_files = screen_images(paths, verify, on_error)
-    return image_dataset(
+    ok, _, bad_files = _screen_images(paths, verify, on_error)
+    return _image_dataset(
         "read_filenames",
         paths[ok],
         [c.take(ok) for c in columns],
@@ -154,7 +154,7 @@ def _check_nested(base: Path, extensions: Sequence[str], top: int) -> None:
     """Images in sub-folders that ``recursive=False`` leaves out: an error if there is no other image, else
     a warning, both with their count and the fix."""
     folders = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
-    counts = {name: len(image_files(base / name, extensions, recursive=True)) for name in folders}
+    counts = {name: len(_image_files(base / name, extensions, recursive=True)) for name in folders}
     nested = sum(counts.values())
     if not nested:
         return
@@ -164,7 +164,7 @@ def _check_nested(base: Path, extensions: Sequence[str], top: int) -> None:
             f"read_filenames: no image in {base} itself, but {nested} in its sub-folders {where}: pass "
             "recursive=True to read them."
         )
-    reader_warning(
+    _reader_warning(
         f"read_filenames: {nested} image(s) in sub-folders of {base} are not read ({where}), only the {top} "
         "directly in it: pass recursive=True to read them too."
     )

@@ -25,11 +25,11 @@ from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
     Verify,
-    check_policies,
-    drop_problems,
-    image_dataset,
-    resolve_transform,
-    screen_images,
+    _check_policies,
+    _drop_problems,
+    _image_dataset,
+    _resolve_transform,
+    _screen_images,
 )
 from hydranet.data.readers.columns import Declared, Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column
 from hydranet.data.readers.images import IMAGE_EXTENSIONS
@@ -37,7 +37,7 @@ from hydranet.data.readers.images import IMAGE_EXTENSIONS
 __all__ = ["read_folders"]
 
 
-def image_files(folder: Path, extensions: Sequence[str], *, recursive: bool) -> list[str]:
+def _image_files(folder: Path, extensions: Sequence[str], *, recursive: bool) -> list[str]:
     """Image files under ``folder`` (sorted; hidden files and folders left out)."""
     suffixes = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     found: list[str] = []
@@ -51,7 +51,7 @@ def image_files(folder: Path, extensions: Sequence[str], *, recursive: bool) -> 
     return found
 
 
-def check_root(root: str | os.PathLike[str]) -> Path:
+def _check_root(root: str | os.PathLike[str]) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"Image folder {path} does not exist (or is not a folder).")
@@ -136,15 +136,15 @@ def read_folders(
         on_error: ``"error"``, or ``"skip"``: check every image at construction and leave out (and
             report) the unreadable ones.
     """
-    check_policies(verify, on_error, unknown)
-    transform = resolve_transform(transform, image_size)
-    base = check_root(root)
+    _check_policies(verify, on_error, unknown)
+    transform = _resolve_transform(transform, image_size)
+    base = _check_root(root)
     declared, split, mismatch = _splitter(pattern, separator, tasks)
     vocab = as_vocabularies(vocabularies, declared)
 
     folders = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
-    files = [image_files(base / name, extensions, recursive=True) for name in folders]
-    loose = image_files(base, extensions, recursive=False)
+    files = [_image_files(base / name, extensions, recursive=True) for name in folders]
+    loose = _image_files(base, extensions, recursive=False)
     paths = np.array([p for group in files for p in group], dtype=object)
     counts = np.array([len(group) for group in files], dtype=np.int64)
     if not len(paths):
@@ -168,7 +168,7 @@ def read_folders(
         )
         for j, d in enumerate(declared)
     ]
-    keep, skipped = drop_problems(paths, columns)
+    keep, skipped = _drop_problems(paths, columns)
     malformed = np.repeat(~fits, counts)
     keep &= ~malformed
     skipped = (
@@ -178,8 +178,8 @@ def read_folders(
     )
     paths, columns = paths[keep], [c.take(keep) for c in columns]
 
-    ok, _, bad_files = screen_images(paths, verify, on_error)
-    return image_dataset(
+    ok, _, bad_files = _screen_images(paths, verify, on_error)
+    return _image_dataset(
         "read_folders",
         paths[ok],
         [c.take(ok) for c in columns],

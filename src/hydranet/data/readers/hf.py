@@ -59,13 +59,13 @@ from hydranet.data.readers._hf_arrow import (
 )
 from hydranet.data.readers._hf_columns import declare, encode
 from hydranet.data.readers._hf_samples import HFSamples, feature_inputs, input_columns
-from hydranet.data.readers.base import ReaderDataset, assemble, resolve_transform
+from hydranet.data.readers.base import ReaderDataset, _assemble, _resolve_transform
 from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["FILE_FORMATS", "HFSamples", "load_hf", "read_hf", "read_hf_path"]
+__all__ = ["FILE_FORMATS", "HFSamples", "load_hf", "read_hf", "read_hf_path", "PathLike"]
 
 #: Builders of ``datasets.load_dataset`` for local files, by file suffix.
 FILE_FORMATS: dict[str, str] = {
@@ -178,7 +178,7 @@ def read_hf(
         kinds = {t.name: t.kind for t in tasks_out}
         samples = HFSamples(dataset, inputs[0], np.flatnonzero(keep), labels, kinds, single)
     vocabularies_out = {e.task.name: e.vocabulary for e in encoded if e.vocabulary is not None}
-    return assemble("read_hf", samples, tasks_out, labels, vocabularies=vocabularies_out, skipped=skipped, total=n)
+    return _assemble("read_hf", samples, tasks_out, labels, vocabularies=vocabularies_out, skipped=skipped, total=n)
 
 
 def _input_transform(
@@ -187,13 +187,13 @@ def _input_transform(
 ) -> Callable[[Any], Any]:
     """The transform of a single (non-numeric) input column: the user's, or the default one for an image."""
     if isinstance(features[column], import_datasets().Image):
-        return resolve_transform(transform, image_size)
+        return _resolve_transform(transform, image_size)
     if transform is None or image_size is not None:
         raise ValueError(
             f"Input column {column!r} is {describe(features[column])}: pass transform=, a callable that "
             "turns one value into what the model takes (a tokenizer, say); image_size= is for Image columns."
         )
-    return resolve_transform(transform, None)
+    return _resolve_transform(transform, None)
 
 
 def _missing_inputs(dataset: Any, column: str, rows: np.ndarray | None) -> Problems:

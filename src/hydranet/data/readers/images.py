@@ -33,6 +33,7 @@ __all__ = [
     "check_images",
     "default_transform",
     "load_image",
+    "CheckLevel",
 ]
 
 #: File extensions (lower case) the folder and file-name readers take as images.

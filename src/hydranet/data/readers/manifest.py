@@ -32,14 +32,14 @@ from hydranet.data.readers.base import (
     OnError,
     ReaderDataset,
     Verify,
-    assemble,
-    check_policies,
-    drop_problems,
-    image_dataset,
-    resolve_transform,
-    screen_images,
+    _assemble,
+    _check_policies,
+    _drop_problems,
+    _image_dataset,
+    _resolve_transform,
+    _screen_images,
 )
-from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column, listing
+from hydranet.data.readers.columns import Skipped, TasksArg, as_vocabularies, declare_tasks, encode_column, _listing
 from hydranet.data.readers.tables import Table, confine_paths, load_table, number_cells, resolve_paths
 
 __all__ = ["DUPLICATES", "read_manifest"]
@@ -48,7 +48,7 @@ __all__ = ["DUPLICATES", "read_manifest"]
 DUPLICATES: tuple[str, ...] = ("error", "drop", "keep")
 
 
-def manifest_root(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
+def _manifest_root(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
     return (Path(root).expanduser() if root is not None else manifest.parent).resolve()
 
 
@@ -97,7 +97,7 @@ def read_manifest(
     Rows with an unusable value (an empty path, a class index out of range, a feature that is not a
     number) are left out and reported.
     """
-    check_policies(verify, on_error, unknown)
+    _check_policies(verify, on_error, unknown)
     check_choice("duplicates", duplicates, DUPLICATES)
     check_bool("allow_outside_root", allow_outside_root)
     table = load_table(path, delimiter=delimiter, encoding=encoding)
@@ -136,20 +136,20 @@ def read_manifest(
     ]
     if tabular:
         return _tabular(table, inputs, columns)
-    transform = resolve_transform(transform, image_size)
-    base = manifest_root(table.source, root)
+    transform = _resolve_transform(transform, image_size)
+    base = _manifest_root(table.source, root)
     paths, empty = resolve_paths(table.column(inputs[0]), base)
     confine_paths(paths, empty, base, rows=table.rows, source=table.source, allow=allow_outside_root)
     repeated = _repeated_rows(table, paths, empty, [d.name for d in declared], duplicates)
     names = np.where(empty, np.array(table.rows, dtype=object), paths)
-    keep, skipped = drop_problems(names, columns)
+    keep, skipped = _drop_problems(names, columns)
     skipped = [Skipped(table.rows[k], f"empty {inputs[0]!r}") for k in np.flatnonzero(empty)] + skipped
     skipped += [Skipped(table.rows[k], f"repeats {table.rows[first]} ({paths[k]})") for k, first in repeated]
     keep &= ~empty
     keep[[k for k, _ in repeated]] = False
     paths, columns = paths[keep], [c.take(keep) for c in columns]
-    ok, _, bad_files = screen_images(paths, verify, on_error)
-    return image_dataset(
+    ok, _, bad_files = _screen_images(paths, verify, on_error)
+    return _image_dataset(
         "read_manifest",
         paths[ok],
         [c.take(ok) for c in columns],
@@ -189,14 +189,14 @@ def _repeated_rows(
     if conflicts:
         raise ValueError(
             f"Manifest {table.source.name}: {len(conflicts)} conflicting label(s) for the same file:\n"
-            + listing(conflicts)
+            + _listing(conflicts)
             + "\nA file has one label per task: fix or remove the wrong rows."
         )
     repeats = [(int(rows[j]), int(first[j])) for j in again]
     if duplicates == "error":
         raise ValueError(
             f"Manifest {table.source.name}: {len(repeats)} row(s) list a file again with the same labels:\n"
-            + listing([f"{table.rows[k]} repeats {table.rows[f]} ({paths[k]})" for k, f in repeats])
+            + _listing([f"{table.rows[k]} repeats {table.rows[f]} ({paths[k]})" for k, f in repeats])
             + "\nRemove them, or pass duplicates='drop' to keep the first row of each file (the others are "
             "reported), or duplicates='keep' to keep every row (to oversample on purpose)."
         )
@@ -216,7 +216,7 @@ def _tabular(table: Table, features: list[str], columns: list[Any]) -> ReaderDat
         for rows, what in ((bad, "is not a number"), (missing, "is empty or not finite")):
             fill = rows & none_mask(problems)
             problems[fill] = f"feature {name!r} {what}"
-    keep, skipped = drop_problems(table.rows, columns)
+    keep, skipped = _drop_problems(table.rows, columns)
     unusable = ~none_mask(problems) & keep
     skipped += [Skipped(table.rows[k], problems[k]) for k in np.flatnonzero(unusable)]
     keep &= ~unusable
@@ -224,7 +224,7 @@ def _tabular(table: Table, features: list[str], columns: list[Any]) -> ReaderDat
     labels = {c.task.name: c.values for c in columns}
     tensors = [torch.from_numpy(values[keep].astype(np.float32))]
     tensors += [torch.from_numpy(column) for column in labels.values()]
-    return assemble(
+    return _assemble(
         "read_manifest",
         TensorDataset(*tensors),
         [c.task for c in columns],

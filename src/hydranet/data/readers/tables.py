@@ -26,8 +26,8 @@ from hydranet.data.readers.columns import text_cells
 
 __all__ = ["Table", "confine_paths", "load_table", "number_cells", "object_cells", "resolve_paths", "rows_listing"]
 
-CSV_SUFFIXES = (".csv", ".tsv", ".txt")
-PARQUET_SUFFIXES = (".parquet", ".pq")
+_CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 class Table:
@@ -65,15 +65,15 @@ def load_table(path: str | os.PathLike[str], *, delimiter: str | None = None, en
     if not source.is_file():
         raise FileNotFoundError(f"Manifest {source} does not exist.")
     suffix = source.suffix.lower()
-    if suffix in CSV_SUFFIXES:
+    if suffix in _CSV_SUFFIXES:
         return _load_csv(source, delimiter or ("\t" if suffix == ".tsv" else ","), encoding)
     if suffix == ".json":
         return _load_json(source, encoding)
-    if suffix in PARQUET_SUFFIXES:
+    if suffix in _PARQUET_SUFFIXES:
         return _load_parquet(source)
     raise ValueError(
-        f"Cannot tell the format of manifest {source.name}: use a {', '.join(CSV_SUFFIXES)} (CSV), .json or "
-        f"{', '.join(PARQUET_SUFFIXES)} file."
+        f"Cannot tell the format of manifest {source.name}: use a {', '.join(_CSV_SUFFIXES)} (CSV), .json or "
+        f"{', '.join(_PARQUET_SUFFIXES)} file."
     )
 
 
@@ -216,9 +216,9 @@ def resolve_paths(cells: np.ndarray, root: Path) -> tuple[np.ndarray, np.ndarray
 
 def rows_listing(rows: Sequence[str], texts: Sequence[str]) -> str:
     """``"  row 3: text"`` lines, the first few and a count of the rest."""
-    from hydranet.data.readers.columns import listing
+    from hydranet.data.readers.columns import _listing
 
-    return listing([f"{r}: {t}" for r, t in zip(rows, texts)])
+    return _listing([f"{r}: {t}" for r, t in zip(rows, texts)])
 
 
 def confine_paths(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Fields", "Shards", "TarShards", "as_source", "decode_field", "read_jsonl", "read_tar"]
+__all__ = ["Fields", "Shards", "TarShards", "as_source", "decode_field", "read_jsonl", "read_tar", "Source"]
 
 
 # ------------------------------------------------------------------ readers of one shard
@@ -307,7 +307,7 @@ def _read_tar_raw(path: str) -> Iterator[dict[str, Any]]:
     return read_tar(path, decode=False)
 
 
-class IterableSource(Source):
+class _IterableSource(Source):
     """Any re-iterable, or a function returning a fresh iterator: split over consumers by striding."""
 
     def __init__(self, obj: Any) -> None:
@@ -330,7 +330,7 @@ class IterableSource(Source):
         return f"Iterable({type(self.obj).__name__})"
 
 
-class HFIterable(Source):
+class _HFIterable(Source):
     """A Hugging Face ``datasets.IterableDataset``: split by rank here, by worker inside ``datasets``."""
 
     def __init__(self, dataset: Any) -> None:
@@ -372,7 +372,7 @@ def as_source(obj: Any) -> Source:
     if isinstance(obj, Source):
         return obj
     if _is_hf_iterable(obj):
-        return HFIterable(obj)
+        return _HFIterable(obj)
     if _is_path_list(obj):
         return Shards(obj)
-    return IterableSource(obj)
+    return _IterableSource(obj)
