@@ -146,7 +146,9 @@ def dual_cone_weights(gramian: np.ndarray, targets: np.ndarray, eps: float = FLO
     two to four iterations on task Gram matrices: about 1 ms for 40 targets against 50 ms one by one,
     ``benchmarks/solvers.py``). An answer is kept only when its active set settled with exact sign tests
     and it satisfies the KKT conditions to :math:`10^{-12}` (relative); any other target is solved alone
-    by bounded-variable least squares with the Lawson-Hanson retry (:func:`_nnls`), as before.
+    by bounded-variable least squares with the Lawson-Hanson retry (:func:`_nnls`), as before; where that
+    answer is not a KKT point either (a ray of NNLS solutions: strictly weak matrices), the projection is
+    recovered from the support of ridge-regularised NNLS solutions (:func:`_projection_by_support`).
 
     Zero rows of :math:`G` (``K[i, i] == 0``) constrain nothing and carry no direction: they are dropped
     before the solve and get weight 0. With :math:`K` non-singular the weights are the :math:`v` above;
