@@ -257,3 +257,14 @@ def test_weights_follow_the_module_and_outputs_are_computed_in_float32():
     assert value.dtype == torch.float32
     expected = F.cross_entropy(out.float(), torch.tensor([0, 1, 2, 0]), weight=torch.tensor([1.0, 2.0, 3.0]))
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_negative_class_names_the_missing_marker_not_a_class_count():
+    # A label of -3 once got "declare num_classes=-2": a negative label is never a count to declare.
+    loss = hn.losses.MultiTaskLoss([hn.Task("c", "multiclass", num_classes=3)])
+    mask = torch.ones(4, dtype=torch.bool)
+    with pytest.raises(ValueError) as err:
+        loss({"c": torch.randn(4, 3)}, {"c": torch.tensor([0, 1, -3, 2])}, {"c": mask})
+    assert "num_classes=" not in str(err.value) and "only negative label is -1" in str(err.value)
+    with pytest.raises(ValueError, match="declare num_classes=6"):
+        loss({"c": torch.randn(4, 3)}, {"c": torch.tensor([0, 1, 5, 2])}, {"c": mask})

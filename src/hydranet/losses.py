@@ -276,6 +276,12 @@ class TaskLoss(nn.Module):
             )
             if value == MISSING_INT:
                 return text + missing
+            if value < 0:
+                # A negative class is never a count to declare: only -1 (the missing marker) is negative.
+                return text + (
+                    f" Fix: map the labels to 0..{c - 1}; the only negative label is {MISSING_INT}, which marks "
+                    "a sample without a label for this task (masked, not trained on)."
+                )
             return text + (
                 f" Fix: map the labels to 0..{c - 1} (e.g. np.unique(labels, return_inverse=True)), or declare "
                 f"num_classes={int(values[0]) + 1} if there are that many classes."
