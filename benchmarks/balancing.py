@@ -252,7 +252,7 @@ def main() -> None:
 
 
 DOCS = Path(__file__).parent.parent / "docs" / "balancing.md"
-START, END = "<!-- benchmarks/balancing.py: start -->", "<!-- benchmarks/balancing.py: end -->"
+START, END = "<!-- table:balancing -->", "<!-- /table:balancing -->"  # benchmarks/_tables.py reads them too
 
 
 def write_docs(report: dict) -> None:

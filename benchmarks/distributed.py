@@ -40,6 +40,8 @@ from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 from hydranet.models import MLP, HydraNet
 
+from _results import write_results  # benchmarks/_results.py (scripts run from benchmarks/)
+
 INPUTS, WIDTH, SAMPLES, BATCH = 64, 512, 8192, 64
 WARMUP, STEPS = 10, 60  # optimizer steps: not timed, timed
 METHODS = ("ew", "upgrad")
@@ -140,6 +142,12 @@ def main() -> None:
         f"= {reduce_ms / step_ms:.2f}x the plain DDP step ({step_ms:.2f} ms, ew); "
         f"a whole upgrad step is {two['upgrad/step'] / two['ew/step']:.2f}x the ew step"
     )
+    write_results("distributed", {
+        "methods": list(METHODS), "batch_per_process": BATCH, "steps": STEPS, "runs": {str(n): r for n, r in runs.items()},
+        "scaling": {m: runs[2][f"{m}/samples_per_second"] / runs[1][f"{m}/samples_per_second"] for m in METHODS},
+        "jacobian_all_reduce_ms": reduce_ms, "ew_step_ms": step_ms, "all_reduce_over_step": reduce_ms / step_ms,
+        "upgrad_over_ew_step": two["upgrad/step"] / two["ew/step"],
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

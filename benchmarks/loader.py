@@ -20,6 +20,8 @@ from hydranet.data import collate
 from hydranet.data.dataset import MultiTaskDataset
 from hydranet.data.sampler import TaskBatchSampler
 
+from _results import write_results  # benchmarks/_results.py (scripts run from benchmarks/)
+
 SIZES = {"digits": 60_000, "fashion": 20_000}
 FEATURES = 64
 BATCH = 256
@@ -50,17 +52,20 @@ def main() -> None:
                          torch.cat([p.tensors[1] for p in parts.values()]))
     print(f"{sum(SIZES.values()):,} samples, batch {BATCH}, {EPOCHS} timed epochs after one warm-up")
     print(f"{'workers':>7} {'TaskBatchSampler samples/s':>27} {'plain DataLoader samples/s':>27} {'ratio':>6}")
+    rows = []
     for workers in (0, 2):
         extra = {"num_workers": workers, "persistent_workers": workers > 0}
         sampler = TaskBatchSampler(multi, BATCH, length="all")
         ours = samples_per_second(DataLoader(multi, batch_sampler=sampler, collate_fn=collate, **extra))
         base = samples_per_second(DataLoader(flat, batch_size=BATCH, shuffle=True, **extra))
         print(f"{workers:>7} {ours:>27,.0f} {base:>27,.0f} {ours / base:>6.2f}")
+        rows.append({"workers": workers, "samples_per_s": ours, "plain_samples_per_s": base, "ratio": ours / base})
     sampler = TaskBatchSampler(multi, BATCH, length="all")
     t0 = time.perf_counter()
     n_batches = sum(1 for _ in sampler)
     print(f"(ratio > 1: the multi-task loader is faster. The sampler alone: {n_batches} batches of an epoch in "
           f"{(time.perf_counter() - t0) * 1e3:.1f} ms)")
+    write_results("loader", {"samples": sum(SIZES.values()), "batch": BATCH, "rows": rows})
 
 
 if __name__ == "__main__":

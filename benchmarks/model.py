@@ -26,6 +26,8 @@ import hydranet as hn
 from hydranet.losses import MultiTaskLoss
 from hydranet.models import ConvNet, HydraNet
 
+from _results import write_results  # benchmarks/_results.py (scripts run from benchmarks/)
+
 TASKS = [hn.Task("age", "regression"), hn.Task("gender", "binary"), hn.Task("ethnicity", "multiclass", num_classes=5)]
 BATCH, SIZE = 64, 64
 
@@ -81,6 +83,8 @@ def main() -> None:
     print(f"  HydraNet (backbone once):      {1000 * ours:8.1f} ms/step  (median of {args.steps})")
     print(f"  backbone once per head (x3):   {1000 * theirs:8.1f} ms/step")
     print(f"  ratio per-head / HydraNet:     {theirs / ours:8.2f}x")
+    write_results("model", {"device": where, "batch": BATCH, "size": SIZE, "heads": len(TASKS), "steps": args.steps,
+                            "hydranet_ms": 1000 * ours, "per_head_ms": 1000 * theirs, "ratio": theirs / ours})
 
 
 if __name__ == "__main__":

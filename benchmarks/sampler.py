@@ -28,6 +28,8 @@ from torch.utils.data import BatchSampler, WeightedRandomSampler
 from hydranet.data.balance import sample_weights
 from hydranet.data.sampler import TaskBatchSampler
 
+from _results import write_results  # benchmarks/_results.py (scripts run from benchmarks/)
+
 BATCH = 256
 SIZES = (10**5, 10**6, 10**7)
 PYTHON_LIMIT = 2 * 10**5  # indices timed for the slow baseline (its rate is per index)
@@ -119,6 +121,7 @@ def main() -> None:
     print(f"TaskBatchSampler, batch {BATCH}, round robin over 2 tasks, one epoch = as many indices as samples")
     print(f"{'samples':>10} {'balance':>8} {'build s':>8} {'epoch s':>8} {'M idx/s':>8} {'peak B/idx':>10}"
           f" {'python M/s':>10} {'x python':>9} {'torch M/s':>9} {'x torch':>8}")
+    rows = []
     for n in SIZES:
         ds = Tasks(n)
         n_py = min(n, PYTHON_LIMIT)
@@ -129,6 +132,8 @@ def main() -> None:
             rate = count / epoch
             print(f"{n:>10,} {str(balance):>8} {build:>8.3f} {epoch:>8.3f} {rate / 1e6:>8.2f} {peak:>10.1f}"
                   f" {py_rate / 1e6:>10.3f} {rate / py_rate:>9.1f} {torch_rate / 1e6:>9.2f} {rate / torch_rate:>8.1f}")
+            rows.append({"samples": n, "balance": balance, "build_s": build, "epoch_s": epoch,
+                         "peak_bytes_per_index": peak, "x_python": rate / py_rate, "x_torch": rate / torch_rate})
     print("(the baselines draw with class balancing; the balance=None rows shuffle without replacement instead)")
 
     # WeightedRandomSampler's limit: torch.multinomial takes at most 2^24 categories.
@@ -146,6 +151,7 @@ def main() -> None:
     drawn = sum(len(b) for b in sampler)
     print(f"TaskBatchSampler over a task of 2^24 + 1 samples: {drawn:,} balanced indices in "
           f"{time.perf_counter() - t0:.2f} s (construction included)")
+    write_results("sampler", {"batch": BATCH, "rows": rows})
 
 
 if __name__ == "__main__":
