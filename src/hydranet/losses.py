@@ -276,7 +276,7 @@ class TaskLoss(nn.Module):
             )
             if value == MISSING_INT:
                 return text + missing
-            if value < 0:
+            if values[0] < 0:
                 # A negative class is never a count to declare: only -1 (the missing marker) is negative.
                 return text + (
                     f" Fix: map the labels to 0..{c - 1}; the only negative label is {MISSING_INT}, which marks "
