@@ -24,7 +24,7 @@ from hydranet.data.sampler import TaskBatchSampler
 from hydranet.tasks import Task
 from hydranet.train.checkpoint import load_checkpoint
 
-__all__ = ["bench", "build_model", "compare", "demo", "evaluate", "inspect", "make_loader", "make_sampler", "predict", "train"]
+__all__ = ["bench", "build_model", "demo", "evaluate", "inspect", "make_loader", "make_sampler", "predict", "train"]
 
 
 def _config(args: argparse.Namespace) -> Config:
