@@ -212,8 +212,8 @@ class Trainer:
     ) -> None:
         """Check every setting (errors name the fix) and build the step, optimizer and callbacks.
 
-        Longer than 80 lines because it validates 27 independent settings, one or two lines each, in
-        the order of the signature; the building itself is delegated to :mod:`hydranet.train._setup`.
+        Longer than 80 lines because the signature takes 33 settings, one a line, and the body checks
+        each in a line or two and sets the loop's state; the building is delegated to :mod:`hydranet.train._setup`.
         """
         core: Any = _setup.check_contract(unwrap(model))
         self.tasks = _setup.select_tasks(core.tasks, tasks)
@@ -347,7 +347,7 @@ class Trainer:
                     break
                 self.epoch = epoch
                 at = resume_at if epoch == start else None
-                self._run_epoch(callbacks, train_loader, val_loader, epoch, epochs, at)
+                _run_epoch(self, callbacks, train_loader, val_loader, epoch, epochs, at)
                 # A callback may stop one rank only: then all stop, or the others would wait for it.
                 self.should_stop = runtime.count([self.should_stop])[0] > 0
                 if self.should_stop or self.early_stopping.stopped:
@@ -368,60 +368,6 @@ class Trainer:
     def _steps_per_epoch(self, loader: Any) -> int | None:
         n = length_of(loader)
         return None if n is None else -(-n // self.accumulate)
-
-    def _run_epoch(
-        self,
-        callbacks: CallbackList,
-        loader: Any,
-        val_loader: Any,
-        epoch: int,
-        epochs: int,
-        resume_at: Mapping[str, Any] | None,
-    ) -> None:
-        started = time.perf_counter()
-        callbacks.on_epoch_start(self, epoch)
-        self.model.train()
-        means = Means()
-        iterator, position = epoch_iterator(self, loader, epoch, resume_at, means)
-        n_batches = length_of(loader)
-        self._epoch_state = _EpochState(loader, means, n_batches)
-        micro = 0
-        try:
-            for raw in iterator:
-                position += 1
-                stepped = micro + 1 == self.accumulate or position == n_batches
-                batch = as_batch(raw)
-                if micro == 0 and self._meta is not None:
-                    self._meta(batch, self.global_step)
-                out = self.step(
-                    batch, last_in_group=stepped, epoch=epoch, position=position, global_step=self.global_step
-                )
-                info = out.info
-                micro += 1
-                for task, value in info.get("losses", {}).items():
-                    means.add(f"loss/{task}", value)
-                means.add_diagnostics(info)
-                if stepped:
-                    means.add("extra/lr", float(self.optimizer.param_groups[0]["lr"]))
-                    norm = self._optimizer_step(micro, position)
-                    if self.step.last_skipped:
-                        means.add("skipped/steps", 1.0)
-                    micro = 0
-                    if norm is not None:
-                        info["grad_norm"] = norm
-                        means.add("extra/grad_norm", norm)
-                info["batch"], info["stepped"] = position, stepped
-                info["skipped"] = stepped and self.step.last_skipped
-                callbacks.on_batch_end(self, self.global_step, info)
-                if position % self.log_every == 0 and runtime.is_main_process():
-                    logger.debug("epoch %d batch %d: %s", epoch, position, means.mean("loss"))
-            if micro:  # a loader without a length ended inside an accumulation group
-                self._optimizer_step(micro, position)
-        finally:
-            self._epoch_state = None
-        self.rng_epoch_start = None
-        self.balancer.on_epoch_end()
-        _finish_epoch(self, callbacks, epoch, val_loader, means, started)
 
     def _optimizer_step(self, micro: int, position: int | None = None) -> float | None:
         """The step's optimizer step, then the count and the per-step scheduler."""
@@ -541,6 +487,62 @@ def _fit_callbacks(trainer: Trainer) -> CallbackList:
         if trainer.checkpoint != "none":
             last.append(Checkpointing(trainer.out_dir, trainer.checkpoint, every=trainer.checkpoint_every))
     return CallbackList([*first, *trainer.callbacks.callbacks, *last])
+
+
+def _run_epoch(
+    trainer: Trainer,
+    callbacks: CallbackList,
+    loader: Any,
+    val_loader: Any,
+    epoch: int,
+    epochs: int,
+    resume_at: Mapping[str, Any] | None,
+) -> None:
+    """One epoch: the batches (micro-batches grouped into optimizer steps, their means), then its record."""
+    started = time.perf_counter()
+    callbacks.on_epoch_start(trainer, epoch)
+    trainer.model.train()
+    means = Means()
+    iterator, position = epoch_iterator(trainer, loader, epoch, resume_at, means)
+    n_batches = length_of(loader)
+    trainer._epoch_state = _EpochState(loader, means, n_batches)
+    micro = 0
+    try:
+        for raw in iterator:
+            position += 1
+            stepped = micro + 1 == trainer.accumulate or position == n_batches
+            batch = as_batch(raw)
+            if micro == 0 and trainer._meta is not None:
+                trainer._meta(batch, trainer.global_step)
+            out = trainer.step(
+                batch, last_in_group=stepped, epoch=epoch, position=position, global_step=trainer.global_step
+            )
+            info = out.info
+            micro += 1
+            for task, value in info.get("losses", {}).items():
+                means.add(f"loss/{task}", value)
+            means.add_diagnostics(info)
+            if stepped:
+                means.add("extra/lr", float(trainer.optimizer.param_groups[0]["lr"]))
+                norm = trainer._optimizer_step(micro, position)
+                if trainer.step.last_skipped:
+                    means.add("skipped/steps", 1.0)
+                micro = 0
+                if norm is not None:
+                    info["grad_norm"] = norm
+                    means.add("extra/grad_norm", norm)
+            info["batch"], info["stepped"] = position, stepped
+            info["skipped"] = stepped and trainer.step.last_skipped
+            callbacks.on_batch_end(trainer, trainer.global_step, info)
+            if position % trainer.log_every == 0 and runtime.is_main_process():
+                logger.debug("epoch %d batch %d: %s", epoch, position, means.mean("loss"))
+        if micro:  # a loader without a length ended inside an accumulation group
+            trainer._optimizer_step(micro, position)
+    finally:
+        trainer._epoch_state = None
+    trainer.rng_epoch_start = None
+    trainer.balancer.on_epoch_end()
+    _finish_epoch(trainer, callbacks, epoch, val_loader, means, started)
 
 
 def _finish_epoch(
