@@ -294,6 +294,8 @@ class MultiTaskModule(pl.LightningModule):
             weights, norms = {}, {}
         logged = {f"train/{t}/loss_step": v for t, v in values.items()}
         logged.update({f"train/{t}/weight_step": w for t, w in weights.items()})
+        if "regularization" in out.info:  # the model's own term (Step.regularization), outside the balancing
+            logged["train/regularization_step"] = float(out.info["regularization"])
         if logged:
             self.log_dict(logged, on_step=True, on_epoch=False, batch_size=size)
         for name, group in (("loss", values), ("weight", weights), ("grad_norm", norms)):

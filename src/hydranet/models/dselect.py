@@ -34,8 +34,9 @@ learn :math:`z` and :math:`\alpha` directly (task-only routing).
 term :math:`\lambda \cdot \big(-\sum r \log(r + 10^{-6})\big)` over every selector (and every example,
 summed) speeds up the convergence to binary selectors; when :math:`n` is not a power of two, the term
 :math:`\sum 1 / \sum_{i \le n} r_i` keeps the selectors off the :math:`2^m - n` codes that name no
-expert. Add it to the task losses: without it and with :math:`n \ne 2^m`, a selector may settle on a
-code with no expert and the mixture weights then sum to less than one.
+expert. :class:`hydranet.train.Step` adds it to the training objective (outside the task balancing:
+it is not a task); in a loop of your own, add it to the losses: without it and with :math:`n \ne 2^m`,
+a selector may settle on a code with no expert and the mixture weights then sum to less than one.
 
 Defaults follow the reference implementation (google-research ``dselect_k_moe``): :math:`\gamma = 1`,
 :math:`z` initialised :math:`U(-\gamma/100, \gamma/100)` (weights and biases of per-example gates),
@@ -137,6 +138,8 @@ class DSelectGate(nn.Module):
 
     def regularization(self, u: Tensor | None = None, entropy_reg: float = 0.0) -> Tensor:
         r"""``entropy_reg`` times the selectors' entropy, plus :math:`\sum 1/\sum_i r_i` when :math:`n \ne 2^m`."""
+        if not entropy_reg and self.power_of_two:  # nothing to add: skip the selectors
+            return self.z.new_zeros(()) if not self.per_example else self.z_layer.weight.new_zeros(())
         r = self.selectors(u)
         loss = r.new_zeros(())
         if entropy_reg:
@@ -169,7 +172,9 @@ class DSelectK(MMoE):
         per_example: example-conditioned gates (``True``) or one static selection per task (``False``).
         **kwargs: the other arguments of :class:`~hydranet.models.PLE` (experts, heads, sizes).
 
-    Training: add ``model.regularization(features)`` to the task losses (the entropy term, and the
+    Training: :class:`hydranet.train.Step` (the Trainer, the Lightning module) adds
+    :meth:`regularization` to the objective itself and reports it as ``regularization``. In a loop of
+    your own, add ``model.regularization(features)`` to the task losses (the entropy term, and the
     reachability term that is required when ``num_experts`` is not a power of two)::
 
         outputs, features = model(x, return_features=True)

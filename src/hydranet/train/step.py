@@ -8,7 +8,16 @@ r"""One multi-task step, usable by the :class:`~hydranet.train.Trainer`, a Light
    (:class:`~hydranet.losses.MultiTaskLoss` by default);
 3. a guard: a NaN or infinite loss raises :class:`NonFiniteLossError` before anything is updated;
 4. the balancer's backward pass, which writes its combined gradient into ``.grad`` (for ``ew``:
-   :math:`\nabla \sum_t L_t`).
+   :math:`\nabla \sum_t L_t`);
+5. the model's own regulariser, when the model defines ``regularization`` (DSelect-k's gate entropy):
+   :math:`R` is not a task, so it stays out of the balancing (the Jacobian, the Gramian, the weights,
+   :math:`\Delta_m`) and its gradient is added to the balanced one: ``.grad`` holds
+   :math:`d + \nabla R`, where :math:`d` is what the balancer writes (:meth:`Step.regularization`).
+
+A skipped optimizer step (non-finite gradient, see ``on_nonfinite``, or fp16's GradScaler) leaves the
+balancer's state (GradVac's targets, Nash-MTL's weights, MoCo's tracked gradients, DWA's loss history,
+random generators, ...) as it was before the step: the state is saved before the first micro-batch of
+each optimizer step and restored on a skip.
 
 Under DistributedDataParallel, DDP's reducer waits for a gradient of every parameter: the heads a
 rank does not use get a zero-valued loss term (:class:`UnusedParameters`), and ranks agree on which
@@ -28,6 +37,7 @@ the step averages the accumulated gradients, unscales them (fp16), clips and ste
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -35,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -209,6 +220,36 @@ def _nonfinite_rows(value: Any, mask: Tensor | None = None) -> Tensor | None:
     return rows if rows.numel() else None
 
 
+def _regularizer(model: Any) -> tuple[Callable[..., Any], bool] | None:
+    """The model's ``regularization`` method and whether it takes ``(features, tasks)``; None without one."""
+    hook = getattr(model, "regularization", None)
+    if not callable(hook):
+        return None
+    try:
+        parameters = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C extension: assume the documented (features, tasks)
+        return hook, True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return hook, any(p.kind in positional for p in parameters)
+
+
+def _mean_over_ranks(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor | None]:
+    """The gradients averaged over the ranks (one all-reduce, float32), None where no rank had one."""
+    flat = torch.cat(
+        [(g if g is not None else p.new_zeros(p.shape)).reshape(-1).float() for g, p in zip(grads, params)]
+        + [torch.tensor([g is not None for g in grads], dtype=torch.float32, device=params[0].device)]
+    )
+    dist.all_reduce(flat)
+    reached = flat[-len(params) :] > 0
+    flat = flat[: -len(params)] / runtime.world_size()
+    out: list[Tensor | None] = []
+    start = 0
+    for p, keep in zip(params, reached.tolist()):
+        out.append(flat[start : start + p.numel()].view_as(p).to(p.dtype) if keep else None)
+        start += p.numel()
+    return out
+
+
 def _samples(rows: Tensor, batch: Batch) -> str:
     first = int(rows[0])
     text = f"sample {first} of the batch"
@@ -323,12 +364,60 @@ class Step:
             self.core, self.core.shared_parameters(), {t: self.core.task_parameters(t) for t in self.tasks}
         )
         self._group_tasks: set[str] = set()  # under DDP: tasks some rank had since the last optimizer step
+        # the model's own regulariser (see regularization()): resolved once, not per step
+        self._regularizer = _regularizer(self.core)
+        # the balancer's state before the first micro-batch of this optimizer step, restored on a skip
+        self._saved_state: dict[str, Any] | None = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = AMP_DTYPES.get(self.amp, torch.float32) if self.amp is not None else torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp is not None)
 
     def forward(self, model: nn.Module, batch: Batch, tasks: list[str], *, features: bool = False) -> Any:
         """``model(batch.inputs, tasks=tasks)`` under the step's autocast."""
-        dtype = AMP_DTYPES.get(self.amp, torch.float32) if self.amp is not None else torch.float32
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp is not None):
+        with self._autocast():
             return model(batch.inputs, tasks=tasks, return_features=features)
+
+    def regularization(self, features: Any, tasks: Sequence[str]) -> Tensor | None:
+        r"""The model's regulariser :math:`R` of this batch as one float32 scalar; None when the model has none.
+
+        The contract: a model may define ``regularization(features, tasks)`` (``features``: what
+        ``model(x, return_features=True)`` returned with the outputs, ``tasks``: the trained tasks in the
+        batch) or ``regularization()`` (a term of the parameters only), returning a scalar tensor or
+        ``{name: scalar}`` (summed), already scaled as the model defines (DSelect-k: ``entropy_reg``).
+        The step adds :math:`\nabla R` to the balanced gradient (never through the task balancing) and
+        reports :math:`R` as ``info["regularization"]``.
+        """
+        if self._regularizer is None:
+            return None
+        hook, takes_features = self._regularizer
+        with self._autocast():
+            value = hook(features, list(tasks)) if takes_features else hook()
+        if isinstance(value, Mapping):
+            terms = [v.reshape(()).float() for v in value.values()]
+            value = torch.stack(terms).sum() if terms else torch.zeros((), device=self.device)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise TypeError(
+                f"{type(self.core).__name__}.regularization must return a scalar tensor or {{name: scalar tensor}}, "
+                f"got {type(value).__name__}{'' if not isinstance(value, Tensor) else f' of shape {tuple(value.shape)}'}."
+            )
+        return value.reshape(()).float()
+
+    def _regularization_backward(self, term: Tensor) -> None:
+        """Add :math:`\nabla R` to ``.grad`` (gradient methods: the balancer writes its own part after this,
+        so the graph is kept). Under DDP the balancer reduces its gradients itself and DDP's reducer is
+        idle, so :math:`\nabla R` is averaged over the ranks here, as DDP would average it."""
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        grads: Sequence[Tensor | None] = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        if self.ddp and runtime.world_size() > 1:
+            grads = _mean_over_ranks(grads, params)
+        for param, grad in zip(params, grads):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.detach()
+            else:
+                param.grad.add_(grad)
 
     def __call__(
         self,
@@ -360,8 +449,10 @@ class Step:
             return StepOutput()
         synchronised = self.synchronised(last_in_group)
         with self._sync_context(synchronised):
-            out = self.forward(self.model, batch, tasks, features=self.balancer.requires_features)
-            outputs, features = out if self.balancer.requires_features else (out, None)
+            want_features = self.balancer.requires_features or (self._regularizer is not None and self._regularizer[1])
+            out = self.forward(self.model, batch, tasks, features=want_features)
+            outputs, features = out if want_features else (out, None)
+            scale: Tensor | None = None
             if self.scaler is not None:
                 # The current loss scale as a tensor (no host sync); calling scale() also lets the
                 # scaler's unscale_/step accept this iteration.
@@ -374,6 +465,10 @@ class Step:
                 return StepOutput()
             self._check_finite(losses, epoch, position, global_step, batch, outputs)
             detached = {t: v.detach() for t, v in losses.items()}
+            reg = self.regularization(features, list(losses))
+            reg_value = None if reg is None else self._check_regularization(reg, epoch, position, global_step)
+            # R's gradient enters the model directly, not through the scaled outputs: scale it here (fp16)
+            term = None if reg is None or not reg.requires_grad else (reg if scale is None else reg * scale)
             if synchronised:
                 # DDP's reducer waits for a gradient of every parameter: give the heads this rank does not
                 # use a zero one (the loss values do not change).
@@ -384,8 +479,30 @@ class Step:
             task_params = {t: self.core.task_parameters(t) for t in self.tasks}
             if not backward:
                 total, lazy = self.balancer.objective(losses, self.core.shared_parameters())
-                return StepOutput(detached, dict(lazy), total)
-            info = dict(self.balancer.backward(losses, self.core.shared_parameters(), task_params, features))
+                info = dict(lazy)
+                if reg_value is not None:
+                    info["regularization"] = reg_value
+                return StepOutput(detached, info, total if term is None else total + term)
+            if self._saved_state is None:  # the first micro-batch of this optimizer step
+                self._saved_state = self.balancer.state_dict()
+            shared = self.core.shared_parameters()
+            if term is not None and not self.balancer.uses_jacobian:
+                # one backward pass of the weighted objective and R (one DDP all-reduce)
+                total, lazy = self.balancer.objective(losses, shared)
+                (total + term).backward()
+                if all(p.grad is None for p in shared if p.requires_grad):
+                    raise ValueError(
+                        "No task loss reaches the shared parameters: pass the parameters the losses were computed "
+                        "with (model.shared_parameters()) and keep requires_grad=True on them."
+                    )
+                info = dict(lazy)
+            else:
+                if term is not None:
+                    self._regularization_backward(term)
+                given = features if self.balancer.requires_features else None
+                info = dict(self.balancer.backward(losses, shared, task_params, given))
+            if reg_value is not None:
+                info["regularization"] = reg_value
             return StepOutput(detached, info)
 
     def meta_step(self, train_batch: Batch, val_batch: Batch) -> dict[str, float]:
@@ -471,6 +588,25 @@ class Step:
             f"{_where(epoch, position)}{step}: {cause}. {fix}"
         )
 
+    def _check_regularization(
+        self, reg: Tensor, epoch: int | None, position: int | None, global_step: int | None
+    ) -> float:
+        """The regulariser's value; :class:`NonFiniteLossError` when it is NaN or infinite."""
+        value = float(reg.detach())
+        if not math.isfinite(value):
+            step = "" if global_step is None else f" (optimizer step {global_step})"
+            raise NonFiniteLossError(
+                f"The regularization of {type(self.core).__name__} is {value} at {_where(epoch, position)}{step} "
+                "while every task loss is finite: check the model's regularization() (a log or division at 0), "
+                "or lower its scale."
+            )
+        return value
+
+    def _restore_state(self) -> None:
+        """Put the balancer's state back as it was before this optimizer step (the step was not applied)."""
+        if self._saved_state is not None:
+            self.balancer.load_state_dict(self._saved_state)
+
     def optimizer_step(
         self, micro: int = 1, *, epoch: int | None = None, global_step: int = 0, position: int | None = None
     ) -> float | None:
@@ -512,8 +648,11 @@ class Step:
         else:
             finite = self.scaler is not None or all_finite(_grads(model_params) + _grads(own_params))
         if self.scaler is not None:
+            before = scale  # read before unscale_ above
             self.scaler.step(self.optimizer)  # skips a non-finite step itself
             self.scaler.update()
+            if self.scaler.get_scale() < before:  # the scaler skipped it (and lowered the scale)
+                self._restore_state()
         elif not finite:
             self._skip(norm, epoch, global_step, position)
         else:
@@ -531,6 +670,7 @@ class Step:
             f"Clip gradients (grad_clip=1.0), lower the learning rate{lr}, or look for a loss with a singular "
             "point (a sqrt, log or division at 0)."
         )
+        self._restore_state()
         if self.on_nonfinite == "stop":
             self.zero_grad()
             raise NonFiniteGradientError(
@@ -562,10 +702,13 @@ class Step:
         if self.ddp:
             self.unused.release(self._group_tasks)
         self._group_tasks.clear()
+        self._saved_state = None  # the loop steps itself: no skip to undo
 
     def zero_grad(self) -> None:
-        """Clear the gradients of the model and the balancer, and the tasks seen since the last step."""
+        """Clear the gradients of the model and the balancer, the tasks seen since the last step, and the
+        balancer state saved for a skip."""
         self._group_tasks.clear()
+        self._saved_state = None
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         for p in self.balancer.parameters():

@@ -522,6 +522,8 @@ def _run_epoch(
             for task, value in info.get("losses", {}).items():
                 means.add(f"loss/{task}", value)
             means.add_diagnostics(info)
+            if "regularization" in info:  # the model's own term (Step.regularization), outside the balancing
+                means.add("extra/regularization", info["regularization"])
             if stepped:
                 means.add("extra/lr", float(trainer.optimizer.param_groups[0]["lr"]))
                 norm = trainer._optimizer_step(micro, position)
