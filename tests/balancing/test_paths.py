@@ -139,6 +139,34 @@ def test_chunked_trunk_backward_and_gramian_blocks_change_nothing():
         torch.testing.assert_close(blocked, full, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 3])
+def test_jacobian_blocks_give_the_gramian_and_combination_of_the_concatenated_matrix(chunk_size):
+    """Reference: G by one autograd.grad per task (float64), K = G G^T and w^T G on it; the third
+    parameter is not reached by the features (zero columns in the reference)."""
+    from hydranet.balancing._jacobian_features import JacobianBlocks, feature_jacobian, trunk_jacobian
+
+    model = Model(3)
+    unused = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+    shared = model.shared() + [unused]
+    h, losses = model.losses(TASKS)
+    roots = list(losses.values())
+    expected = torch.stack([
+        torch.cat([
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(torch.autograd.grad(r, shared, retain_graph=True, allow_unused=True), shared)
+        ])
+        for r in roots
+    ])
+    jf, _, _ = feature_jacobian(roots, [h])
+    blocks, reached = trunk_jacobian([h], jf, shared, chunk_size=chunk_size, as_blocks=True)
+    assert isinstance(blocks, JacobianBlocks) and reached == [True] * 4 + [False]
+    torch.testing.assert_close(blocks.gramian(), expected @ expected.T)
+    w = torch.linspace(-1.0, 2.0, len(TASKS), dtype=torch.float64)
+    torch.testing.assert_close(blocks.combine(w), w @ expected)
+    matrix, _ = trunk_jacobian([h], jf, shared, chunk_size=chunk_size)
+    torch.testing.assert_close(matrix, expected)
+
+
 class NotBatchable(torch.autograd.Function):
     """Identity whose backward reads a Python number: vmap cannot batch it."""
 

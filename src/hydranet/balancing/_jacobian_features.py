@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "JacobianBlocks",
     "feature_jacobian",
     "features_cover",
     "gram_accumulate",
@@ -78,7 +79,7 @@ def feature_jacobian(
     once. (Batching from the stacked losses would run each of the ``k`` batched passes through every head.)
     """
     k = len(roots)
-    out = [f.new_zeros((k, *f.shape)) for f in feats]
+    out = [f.new_empty((k, *f.shape)) for f in feats]  # every row written below: no zero fill
     heads: list[Tensor | None] = []
     reached = False
     n = len(feats)
@@ -89,6 +90,8 @@ def feature_jacobian(
             if g is not None:
                 block[i] = g
                 reached = True
+            else:
+                block[i].zero_()
         heads.extend(grads[n:])
     return out, reached, heads
 
@@ -117,6 +120,55 @@ def _chunks(k: int, chunk_size: int | None) -> list[slice]:
     return [slice(s, min(k, s + step)) for s in range(0, k, step)]
 
 
+class JacobianBlocks:
+    """The parameter Jacobian ``G`` as row chunks x parameter blocks, never concatenated.
+
+    ``rows[c][j]`` is the ``[len(chunks[c]), P_j]`` block of parameter ``j`` for the rows of chunk ``c``,
+    exactly as the batched backward returned it (a view, no copy). :meth:`gramian` and :meth:`combine`
+    give :math:`K = GG^\top` and :math:`w^\top G` from the blocks, so ``G`` is never assembled: that
+    assembly (a zero-filled ``[k, P]`` buffer and a copy of every chunk into it) cost about as much as
+    the Gramian itself at 40 tasks.
+    """
+
+    def __init__(self, chunks: list[slice], rows: list[list[Tensor]]) -> None:
+        self.chunks, self.rows = chunks, rows
+
+    def gramian(self) -> Tensor:
+        """``K = G G^T`` (float64 ``[k, k]``): per parameter, the block ``K[a, b] = G_a G_b^T`` of each
+        pair of row chunks ``a <= b`` (mirrored), a column block at a time in the blocks' dtype and summed
+        in float64 as :func:`gram_accumulate`. Pairs instead of concatenated chunks: no copy of ``G``,
+        and the half of ``K`` below the diagonal is not computed."""
+        first = self.rows[0][0]
+        k = self.chunks[-1].stop
+        out = torch.zeros(k, k, dtype=torch.float64, device=first.device)
+        if len(self.chunks) == 1:
+            for block in self.rows[0]:
+                gram_accumulate(out, block)
+            return out
+        for a, (rows_a, chunk_a) in enumerate(zip(self.rows, self.chunks)):
+            step = max(1, _GRAM_BLOCK // (chunk_a.stop - chunk_a.start))
+            for rows_b, chunk_b in zip(self.rows[a:], self.chunks[a:]):
+                target = out[chunk_a, chunk_b]
+                for block_a, block_b in zip(rows_a, rows_b):
+                    for start in range(0, block_a.shape[1], step):
+                        piece_a, piece_b = block_a[:, start : start + step], block_b[:, start : start + step]
+                        target.add_((piece_a @ piece_b.T).to(out.dtype))
+                if chunk_b != chunk_a:
+                    out[chunk_b, chunk_a] = target.T
+        return out
+
+    def combine(self, weights: Tensor) -> Tensor:
+        """``w^T G`` (``[P]``) for ``weights [k]``."""
+        w = weights.to(self.rows[0][0].device, self.rows[0][0].dtype)
+        parts = []
+        for j in range(len(self.rows[0])):
+            total = w[self.chunks[0]] @ self.rows[0][j]
+            for rows, chunk in zip(self.rows[1:], self.chunks[1:]):
+                total.add_(w[chunk] @ rows[j])
+            parts.append(total)
+        return torch.cat(parts)
+
+
 def trunk_jacobian(
     feats: Sequence[Tensor],
     jf: Sequence[Tensor],
@@ -124,32 +176,30 @@ def trunk_jacobian(
     chunk_size: int | None = None,
     batched: bool = True,
     as_blocks: bool = False,
-) -> tuple[Tensor | list[Tensor], list[bool]]:
+) -> tuple[Tensor | JacobianBlocks, list[bool]]:
     """The parameter Jacobian ``[k, P]`` from the feature Jacobian ``jf``; ``reached[j]``: parameter j
     gets a gradient. One batched backward per chunk of ``chunk_size`` rows (all rows when ``None``).
-    ``as_blocks``: the ``[k, P_j]`` blocks of the parameters instead of their concatenation (no copy)."""
+    ``as_blocks``: a :class:`JacobianBlocks` of the chunks' per-parameter blocks instead of the
+    concatenated matrix (no copy)."""
     k = jf[0].shape[0]
     ref = shared[0]
     # Default from 16 rows on: quarters, so that the batched activation gradients stay a fraction of
-    # G (measured: -25% peak memory at 40 tasks for a few % of time).
+    # G (measured: -25% peak memory at 40 tasks).
     chunks = _chunks(k, chunk_size or (-(-k // 4) if k >= 16 else None))
-    reached = [False] * len(shared)
+    grads = [_trunk_rows(feats, jf, shared, rows, batched) for rows in chunks]
+    reached = [any(g[j] is not None for g in grads) for j in range(len(shared))]
+    rows = [
+        [g.reshape(g.shape[0], -1) if g is not None else ref.new_zeros(c.stop - c.start, p.numel()) for p, g in zip(shared, chunk)]
+        for c, chunk in zip(chunks, grads)
+    ]
+    if as_blocks:
+        return JacobianBlocks(chunks, rows), reached
     if len(chunks) == 1:
-        grads = _trunk_rows(feats, jf, shared, chunks[0], batched)
-        reached = [g is not None for g in grads]
-        blocks = [g.reshape(k, -1) if g is not None else ref.new_zeros(k, p.numel()) for p, g in zip(shared, grads)]
-        if as_blocks:
-            return blocks, reached
-        return torch.cat(blocks, dim=1), reached
-    jac = ref.new_zeros(k, sum(p.numel() for p in shared))
-    for rows in chunks:
-        start = 0
-        for j, (p, g) in enumerate(zip(shared, _trunk_rows(feats, jf, shared, rows, batched))):
-            if g is not None:
-                jac[rows, start : start + p.numel()] = g.reshape(g.shape[0], -1)
-                reached[j] = True
-            start += p.numel()
-    return (list(jac.split([p.numel() for p in shared], dim=1)) if as_blocks else jac), reached
+        return torch.cat(rows[0], dim=1), reached
+    jac = ref.new_empty(k, sum(p.numel() for p in shared))
+    for c, chunk in zip(chunks, rows):
+        torch.cat(chunk, dim=1, out=jac[c])  # a row slice of jac: contiguous, written in place
+    return jac, reached
 
 
 def parameter_groups(shared: Sequence[Tensor], rows: int, block: int) -> list[list[int]]:

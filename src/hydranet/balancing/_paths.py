@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hydranet.balancing._jacobian_features import gram_accumulate
+from hydranet.balancing._jacobian_features import JacobianBlocks, gram_accumulate
 from hydranet.balancing._step_info import StepInfo
 from hydranet.balancing._weighting_base import GradientWeighting
 from hydranet.balancing.aggregators import Aggregator
@@ -101,7 +101,7 @@ class _Pass:
     head_params: list[Tensor] = field(default_factory=list)
     head_grads: Sequence[Tensor | None] = ()
     jac: Tensor | None = None
-    blocks: list[Tensor] | None = None
+    blocks: JacobianBlocks | None = None
     gramian: Tensor | None = None
     reached: list[bool] = field(default_factory=list)
     matrix: Tensor | None = None
@@ -207,12 +207,9 @@ def _task_matrix(balancer: Balancer, step: _Pass) -> None:
         # Gramian-only methods alone: keep G as per-parameter blocks (no concatenated copy), K from them
         as_blocks = balancer._gramian_ok and step.world == 1
         jac, step.reached = balancer._feature_engine.jacobian(feats, jf, shared, as_blocks=as_blocks)
-        if as_blocks:
-            step.blocks = list(jac)
-            k = len(step.names)
-            step.gramian = step.blocks[0].new_zeros(k, k, dtype=torch.float64)
-            for block in step.blocks:
-                gram_accumulate(step.gramian, block)
+        if isinstance(jac, JacobianBlocks):
+            step.blocks = jac
+            step.gramian = jac.gramian()
         else:
             assert isinstance(jac, Tensor)
             step.jac = jac
@@ -270,8 +267,7 @@ def _direction(balancer: Balancer, step: _Pass) -> tuple[Tensor | None, Tensor |
     if step.gramian is not None:
         update, weights = aggregate_gramian(balancer, step.gramian, matrix, step.present)
         if update is None and step.blocks is not None:
-            w = weights.to(step.blocks[0].device, step.blocks[0].dtype)
-            update = torch.cat([w @ block for block in step.blocks])
+            update = step.blocks.combine(weights)
             step.blocks = None
         return update, weights
     assert matrix is not None
