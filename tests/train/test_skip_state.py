@@ -156,13 +156,27 @@ def test_accumulation_restores_the_state_of_the_group_start(one_thread):
     assert_same(step.balancer.state_dict(), before)
 
 
-def test_a_non_finite_jacobian_is_refused_before_the_state_moves(one_thread):
-    """A NaN in the task Jacobian itself: the aggregators check G first (a ValueError naming the rows)
-    and their state has not moved."""
-    model, step = setup("gradvac")
+@pytest.mark.parametrize("name", ["gradvac", "upgrad", "pcgrad"])
+def test_a_non_finite_jacobian_is_a_skipped_step(one_thread, name):
+    """A NaN in the task Jacobian itself (finite losses): the aggregator refuses G before its state moves
+    (NonFiniteJacobianError), and the Step treats it as any non-finite gradient: the optimizer step is
+    skipped with the usual warning, weights and state unchanged; with on_nonfinite="stop" it raises."""
+    from hydranet.train.errors import NonFiniteGradientError
+
+    model, step = setup(name)
     train(step, 1)
     before = step.balancer.state_dict()
-    model.backbone.register_forward_hook(lambda module, args, out: _NaNGradient.apply(out))
-    with pytest.raises(ValueError, match="non-finite values"):
+    weights = [p.detach().clone() for p in model.parameters()]
+    handle = model.backbone.register_forward_hook(lambda module, args, out: _NaNGradient.apply(out))
+    with pytest.warns(RuntimeWarning, match="Skipped optimizer step 2"):
         step(batch(2))
+        step.optimizer_step(global_step=1)
+    assert step.last_skipped
     assert_same(step.balancer.state_dict(), before)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    step.on_nonfinite = "stop"
+    with pytest.raises(NonFiniteGradientError, match="although every task loss is finite"):
+        step(batch(3))
+        step.optimizer_step(global_step=1)
+    handle.remove()
+    train(step, 4)  # training goes on once the gradients are finite again

@@ -54,6 +54,7 @@ from hydranet._checks import check_choice, check_int
 from hydranet.balancing import Balancer
 from hydranet.data import Batch
 from hydranet.tasks import Task
+from hydranet.balancing.aggregators import NonFiniteJacobianError
 from hydranet.train.errors import NonFiniteGradientError, NonFiniteLossError
 
 __all__ = [
@@ -500,7 +501,14 @@ class Step:
                 if term is not None:
                     self._regularization_backward(term)
                 given = features if self.balancer.requires_features else None
-                info = dict(self.balancer.backward(losses, shared, task_params, given))
+                try:
+                    info = dict(self.balancer.backward(losses, shared, task_params, given))
+                except NonFiniteJacobianError:
+                    # finite losses, non-finite task gradients: a non-finite gradient like any other; a NaN
+                    # in .grad hands it to optimizer_step's check (skip or stop) or fp16's GradScaler
+                    info = {}
+                    first = next(p for p in shared if p.requires_grad)
+                    first.grad = torch.full_like(first, float("nan"))
             if reg_value is not None:
                 info["regularization"] = reg_value
             return StepOutput(detached, info)

@@ -52,6 +52,7 @@ from hydranet.balancing.aggregators._stochastic import MoDo, SDMGrad
 from hydranet.balancing.aggregators.bargaining import FairGrad, NashMTL
 from hydranet.balancing.aggregators.base import (
     Aggregator,
+    NonFiniteJacobianError,
     Present,
     Randomized,
     TaskRows,
@@ -125,6 +126,7 @@ __all__ = [
     "TaskRows",
     "UPGrad",
     "WeightedAggregator",
+    "NonFiniteJacobianError",
     "check_matrix",
     "get_aggregator",
 ]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Aggregator", "Present", "Randomized", "TaskRows", "WeightedAggregator", "check_matrix"]
+__all__ = ["Aggregator", "NonFiniteJacobianError", "Present", "Randomized", "TaskRows", "WeightedAggregator", "check_matrix"]
 
 # Column block of the Gram product: 2**23 float64 entries (64 MB) across all rows at a time.
 _GRAM_BLOCK = 1 << 23
@@ -217,8 +217,15 @@ class WeightedAggregator(Aggregator):
                 f"{type(self).__name__} needs the task Jacobian itself, not only its Gramian: call weights(G)."
             )
         K = gramian.detach().to("cpu", torch.float64).numpy() if isinstance(gramian, Tensor) else np.asarray(gramian, dtype=np.float64)
-        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0 or not np.all(np.isfinite(K)):
-            raise ValueError(f"{type(self).__name__} expects a finite square Gramian [k, k], got shape {list(K.shape)}.")
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__} expects a square Gramian [k, k], got shape {list(K.shape)}.")
+        if not np.all(np.isfinite(K)):
+            bad = np.flatnonzero(~np.isfinite(np.diag(K))).tolist() or "(off-diagonal only)"
+            raise NonFiniteJacobianError(
+                f"{type(self).__name__} got a Gramian with NaN or infinite values (task rows {bad}): the task "
+                "gradients are not finite. Check those losses for NaN/inf and consider gradient clipping or a "
+                "lower learning rate."
+            )
         K = (K + K.T) / 2
         size = K.shape[0]
         scale = np.ones(size)
@@ -318,6 +325,11 @@ def _restored(value: Any) -> np.ndarray | None:
     return np.array(value, dtype=np.float64)
 
 
+class NonFiniteJacobianError(ValueError):
+    """The task Jacobian (or its Gramian) holds NaN or infinite values. The training Step treats it as a
+    non-finite gradient (the optimizer step is skipped or stops, as ``on_nonfinite`` says)."""
+
+
 def check_matrix(matrix: Any, name: str = "Aggregator") -> None:
     """Raise a ``TypeError`` / ``ValueError`` saying what is wrong with a task Jacobian and how to fix it."""
     if not isinstance(matrix, Tensor):
@@ -343,7 +355,7 @@ def check_matrix(matrix: Any, name: str = "Aggregator") -> None:
     finite = torch.isfinite(matrix).all(dim=1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(
+        raise NonFiniteJacobianError(
             f"{name} got non-finite values (NaN or inf) in the gradients of task rows {bad} of {matrix.shape[0]}. "
             "Check those losses for NaN/inf (log of 0, division by 0, a too-high learning rate) and consider "
             "gradient clipping (torch.nn.utils.clip_grad_norm_) or a lower learning rate."
